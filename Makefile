@@ -1,0 +1,54 @@
+# Two commands matter: `make run` and `make test`. Both set up everything they need first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8787
+UI_PORT ?= 3000
+DATA_DIR ?= .local_service
+# The demo's Dagster instance: runs, event log, the local provider's batches, Parquet results.
+DEMO_HOME ?= $(CURDIR)/.dagster_home
+CHROMIUM := /usr/bin/chromium
+# System packages are installed directly as root, through sudo otherwise.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: setup run serve smoke browser test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The Dagster UI with the demo pipeline on http://$(HOST):$(UI_PORT); see README "The demo".
+run: setup
+	mkdir -p $(DEMO_HOME)
+	cp dagster.yaml $(DEMO_HOME)/dagster.yaml
+	DAGSTER_HOME=$(DEMO_HOME) $(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(UI_PORT)
+
+# The local batch service alone, with realistic pacing; see README "Try the local service".
+serve: setup
+	$(BIN)/batch-pipelines serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) \
+		--profile moonshot --speed realistic --api-key local-dev-key
+
+# The demo end to end without the UI, on a temporary instance; fails if a row is unaccounted for.
+smoke: setup
+	$(BIN)/python -m batch_pipelines.demo.smoke
+
+# Debian's chromium for the browser test (the test never downloads a browser).
+browser:
+	@test -x $(CHROMIUM) || ($(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python benchmarks/bench_requests.py
+	$(BIN)/python benchmarks/bench_results.py
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) $(DEMO_HOME) .artifacts .pytest_cache

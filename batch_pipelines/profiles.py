@@ -1,0 +1,187 @@
+"""The one table of provider facts.
+
+Every limit the project enforces is read from here: validation and sharding of request files,
+the local service posing as a provider, cost figures and the file-quota guard. Nothing else
+hard-codes a limit. The facts come from the providers' public documents (see
+shared/reference/providers.md); where a fact is undocumented the field is ``None`` and the code
+that reads it must work either way.
+
+This module is a leaf: it imports nothing from the rest of the package, so every layer (the local
+service at the bottom, the providers, the domain, the Dagster face) can read it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+__all__ = [
+    "ALL_ENDPOINTS",
+    "CUSTOM_ID_PATTERN",
+    "METADATA_MAX_KEY_CHARS",
+    "METADATA_MAX_PAIRS",
+    "METADATA_MAX_VALUE_CHARS",
+    "PROFILES",
+    "ProviderProfile",
+    "custom_profile",
+    "get_profile",
+    "parse_window",
+]
+
+#: The strictest custom_id rule of all providers (Anthropic's); ids that match it work everywhere.
+CUSTOM_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+#: Batch metadata limits shared by every OpenAI-style provider.
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY_CHARS = 64
+METADATA_MAX_VALUE_CHARS = 512
+
+CHAT_COMPLETIONS = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+EMBEDDINGS = "/v1/embeddings"
+COMPLETIONS = "/v1/completions"
+MODERATIONS = "/v1/moderations"
+ALL_ENDPOINTS: tuple[str, ...] = (RESPONSES, CHAT_COMPLETIONS, EMBEDDINGS, COMPLETIONS, MODERATIONS)
+
+_MB = 1024 * 1024
+_HOUR = 3600
+_DAY = 24 * _HOUR
+
+# kimi-k2.5 and k2.6 fix these sampling parameters; a body that sets them is rejected.
+_KIMI_FIXED_PARAMS = frozenset({"temperature", "top_p", "n", "presence_penalty", "frequency_penalty"})
+
+_WINDOW_RE = re.compile(r"^([1-9][0-9]*)([hd])$")
+
+
+def parse_window(window: str) -> int:
+    """Seconds in a completion window such as ``"24h"`` or ``"3d"``; ValueError if malformed."""
+    match = _WINDOW_RE.match(window)
+    if match is None:
+        raise ValueError(f"completion_window {window!r} is not of the form <N>h or <N>d")
+    count, unit = int(match.group(1)), match.group(2)
+    return count * (_HOUR if unit == "h" else _DAY)
+
+
+@dataclass(frozen=True)
+class ProviderProfile:
+    """What one provider's Batch API allows, as documented."""
+
+    name: str
+    base_url: str | None
+    api_key_env: str | None
+    endpoints: tuple[str, ...]
+    max_file_bytes: int
+    max_requests_per_file: int | None
+    #: Exact window strings the provider accepts, or None when any window in the range is taken.
+    completion_windows: tuple[str, ...] | None
+    min_window_seconds: int
+    max_window_seconds: int
+    default_window: str
+    one_model_per_file: bool = False
+    #: model name -> body parameters that model rejects.
+    forbidden_params: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: Batch-purpose files an organisation may hold at once (None: no documented quota).
+    file_quota: int | None = None
+    supports_metadata: bool = True
+    #: Fraction of the real-time price saved by the Batch API (0.5 = half price).
+    batch_discount: float = 0.5
+    #: Embedding inputs across all requests of one batch (None: no separate limit).
+    max_embedding_inputs: int | None = None
+    #: Delete input, output and error files once results are downloaded (quota-bound providers).
+    delete_files_after_download: bool = False
+    #: Console page of one batch, formatted with ``batch_id``; None where there is none.
+    console_url: str | None = None
+
+    def window_allowed(self, window: str) -> bool:
+        """Whether ``completion_window`` is one this provider accepts."""
+        if self.completion_windows is not None:
+            return window in self.completion_windows
+        try:
+            seconds = parse_window(window)
+        except ValueError:
+            return False
+        return self.min_window_seconds <= seconds <= self.max_window_seconds
+
+    def forbidden_for(self, model: str) -> frozenset[str]:
+        """Body parameters ``model`` rejects on this provider."""
+        return self.forbidden_params.get(model, frozenset())
+
+    def batch_url(self, batch_id: str) -> str | None:
+        return self.console_url.format(batch_id=batch_id) if self.console_url else None
+
+
+_OPENAI_STYLE = dict(
+    endpoints=ALL_ENDPOINTS,
+    max_file_bytes=200 * _MB,
+    max_requests_per_file=50_000,
+    completion_windows=("24h",),
+    min_window_seconds=_DAY,
+    max_window_seconds=_DAY,
+    default_window="24h",
+    max_embedding_inputs=50_000,
+)
+
+PROFILES: dict[str, ProviderProfile] = {
+    "moonshot": ProviderProfile(
+        name="moonshot",
+        base_url="https://api.moonshot.ai/v1",
+        api_key_env="MOONSHOT_API_KEY",
+        endpoints=(CHAT_COMPLETIONS,),
+        max_file_bytes=100 * _MB,
+        max_requests_per_file=None,
+        completion_windows=None,
+        min_window_seconds=12 * _HOUR,
+        max_window_seconds=7 * _DAY,
+        default_window="24h",
+        one_model_per_file=True,
+        forbidden_params={"kimi-k2.5": _KIMI_FIXED_PARAMS, "kimi-k2.6": _KIMI_FIXED_PARAMS},
+        file_quota=1000,
+        batch_discount=0.4,
+        delete_files_after_download=True,
+        console_url=None,
+    ),
+    "openai": ProviderProfile(
+        name="openai",
+        base_url="https://api.openai.com/v1",
+        api_key_env="OPENAI_API_KEY",
+        console_url="https://platform.openai.com/batches/{batch_id}",
+        **_OPENAI_STYLE,
+    ),
+    # A gateway with OpenAI's batch contract; its discount is the gateway's own pricing, 0.5 here
+    # mirrors the upstream price it resells and can be overridden with custom_profile().
+    "fastapi_ai": ProviderProfile(
+        name="fastapi_ai",
+        base_url="https://api.fastapi.ai/v1",
+        api_key_env="FAST_API_KEY",
+        **_OPENAI_STYLE,
+    ),
+    "groq": ProviderProfile(
+        name="groq",
+        base_url="https://api.groq.com/openai/v1",
+        api_key_env="GROQ_API_KEY",
+        endpoints=(CHAT_COMPLETIONS,),
+        max_file_bytes=100 * _MB,
+        max_requests_per_file=None,
+        completion_windows=None,
+        min_window_seconds=_DAY,
+        max_window_seconds=7 * _DAY,
+        default_window="24h",
+        batch_discount=0.5,
+    ),
+}
+
+
+def custom_profile(base_url: str, *, name: str = "custom", **facts: object) -> ProviderProfile:
+    """A profile for any OpenAI-compatible service: OpenAI's limits unless ``facts`` say otherwise."""
+    base = ProviderProfile(name=name, base_url=base_url, api_key_env=None, **_OPENAI_STYLE)
+    return replace(base, **facts)  # type: ignore[arg-type]
+
+
+def get_profile(name: str) -> ProviderProfile:
+    """The profile called ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        known = ", ".join(sorted(PROFILES))
+        raise ValueError(f"unknown provider profile {name!r}; known: {known} (or custom_profile())") from None

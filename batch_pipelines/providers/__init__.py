@@ -1,0 +1,107 @@
+"""Providers: one interface over Batch APIs, an OpenAI-compatible HTTP client and the local provider.
+
+``make_provider("moonshot")`` (key from ``MOONSHOT_API_KEY``), ``make_provider("openai",
+base_url=...)`` or ``make_provider("local")`` (no server, no key) is all a caller needs. Nothing in
+this package imports dagster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from batch_pipelines.profiles import ProviderProfile
+from batch_pipelines.providers.base import (
+    TERMINAL_STATUSES,
+    Batch,
+    BatchError,
+    BatchProvider,
+    BatchStatus,
+    FileObject,
+    RequestCounts,
+    ResultFiles,
+)
+from batch_pipelines.providers.errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProviderError,
+    RateLimitError,
+    UnprocessableEntityError,
+)
+from batch_pipelines.providers.http import DEFAULT_TIMEOUT, RetryPolicy
+from batch_pipelines.providers.local import LOCAL, LocalProvider, default_local_dir
+from batch_pipelines.providers.openai_compatible import OpenAICompatibleProvider, parse_batch, parse_file
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Batch",
+    "BatchError",
+    "BatchProvider",
+    "BatchStatus",
+    "ConflictError",
+    "DEFAULT_TIMEOUT",
+    "FileObject",
+    "InternalServerError",
+    "LOCAL",
+    "LocalProvider",
+    "NotFoundError",
+    "OpenAICompatibleProvider",
+    "PermissionDeniedError",
+    "ProviderError",
+    "RateLimitError",
+    "RequestCounts",
+    "ResultFiles",
+    "RetryPolicy",
+    "TERMINAL_STATUSES",
+    "UnprocessableEntityError",
+    "default_local_dir",
+    "make_provider",
+    "parse_batch",
+    "parse_file",
+]
+
+
+def make_provider(
+    profile: str | ProviderProfile,
+    *,
+    api_key: str | SecretStr | None = None,
+    base_url: str | None = None,
+    data_dir: str | Path | None = None,
+    pose_as: str | ProviderProfile = "openai",
+    max_retries: int | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    **local_options: Any,
+) -> BatchProvider:
+    """The provider for ``profile``: ``"local"`` for the embedded one, else an HTTP client.
+
+    ``data_dir``, ``pose_as`` (the profile whose rules the local provider applies) and
+    ``local_options`` (``speed``, ``time_scale``...) only concern ``"local"``; ``api_key``,
+    ``base_url``, ``max_retries``, ``retry`` and ``timeout`` only the HTTP client.
+    """
+    if profile == LOCAL:
+        return LocalProvider(data_dir=data_dir, profile=pose_as, **local_options)
+    if data_dir is not None or local_options:
+        unexpected = ["data_dir"] * (data_dir is not None) + sorted(local_options)
+        raise TypeError(f"make_provider({profile!r}): {', '.join(unexpected)} only apply to the local provider")
+    return OpenAICompatibleProvider(
+        profile, api_key=api_key, base_url=base_url, max_retries=max_retries, retry=retry, timeout=timeout
+    )

@@ -1,0 +1,243 @@
+"""One client for every OpenAI-style Batch API (OpenAI, Moonshot, fastapi.ai, Groq, any gateway).
+
+The services share one contract (``/files``, ``/batches``, cursor pages); a
+:class:`~batch_pipelines.profiles.ProviderProfile` tells the client where they differ: base URL, key
+variable, endpoints, windows, file size, metadata support. The payload parsers at the bottom are the
+one place where an OpenAI-shaped batch or file becomes a normalized record; the local provider
+uses them too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import SecretStr, ValidationError
+
+from batch_pipelines.profiles import (
+    METADATA_MAX_KEY_CHARS,
+    METADATA_MAX_PAIRS,
+    METADATA_MAX_VALUE_CHARS,
+    ProviderProfile,
+    get_profile,
+)
+from batch_pipelines.providers.base import Batch, BatchError, BatchProvider, BatchStatus, FileObject
+from batch_pipelines.providers.errors import APIResponseValidationError, NotFoundError, ProviderError
+from batch_pipelines.providers.http import DEFAULT_TIMEOUT, HttpTransport, RetryPolicy, resolve_api_key
+
+__all__ = ["OpenAICompatibleProvider", "batch_create_body", "iter_batches", "parse_batch", "parse_file"]
+
+_log = logging.getLogger(__name__)
+
+#: How far back (provider clock vs ours) a batch created by a lost answer may appear to have been created.
+_CLOCK_SKEW_SECONDS = 600
+
+
+class OpenAICompatibleProvider(BatchProvider):
+    """A Batch API spoken over HTTP the OpenAI way.
+
+    Args:
+        profile: a profile name (``"moonshot"``, ``"openai"``...) or a :class:`ProviderProfile`.
+        api_key: the key; defaults to the profile's environment variable. Never logged or shown.
+        base_url: overrides the profile's base URL (a gateway, a proxy, the local service).
+        max_retries: overrides ``retry.max_retries``.
+        retry: the retry policy (backoff bounds, longest honoured Retry-After).
+        timeout: seconds, or an ``httpx.Timeout``.
+    """
+
+    def __init__(
+        self,
+        profile: str | ProviderProfile = "openai",
+        *,
+        api_key: str | SecretStr | None = None,
+        base_url: str | None = None,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        url = base_url or self.profile.base_url
+        if not url:
+            raise ProviderError(f"provider {self.profile.name!r} has no base URL: pass base_url=")
+        retry = retry or RetryPolicy()
+        if max_retries is not None:
+            retry = replace(retry, max_retries=max_retries)
+        key = resolve_api_key(api_key, self.profile.api_key_env, self.profile.name)
+        self._http = HttpTransport(url, key, timeout=timeout, retry=retry)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(profile={self.profile.name!r}, base_url={self._http.base_url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---- files -----------------------------------------------------------------------------
+    def upload_file(self, path: Path, *, purpose: str = "batch") -> FileObject:
+        path = Path(path)
+        size = path.stat().st_size
+        if purpose == "batch" and not 0 < size <= self.profile.max_file_bytes:
+            raise ValueError(
+                f"{path} is {size} bytes; {self.profile.name} takes 1..{self.profile.max_file_bytes} bytes per file"
+            )
+        # httpx streams a file handle in 64 KiB chunks (and rewinds it on a retry): never read whole.
+        with path.open("rb") as fh:
+            payload = self._http.request("POST", "files", data={"purpose": purpose}, files={"file": (path.name, fh)})
+        return parse_file(payload)
+
+    def download_file(self, file_id: str, dest: Path) -> Path:
+        return self._http.download(f"files/{file_id}/content", Path(dest))
+
+    def delete_file(self, file_id: str) -> None:
+        try:
+            self._http.request("DELETE", f"files/{file_id}")
+        except NotFoundError:
+            _log.debug("file %s was already deleted", file_id)
+
+    # ---- batches ---------------------------------------------------------------------------
+    def create_batch(
+        self,
+        input_file_id: str,
+        *,
+        endpoint: str,
+        completion_window: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Batch:
+        body = batch_create_body(self.profile, input_file_id, endpoint, completion_window, metadata)
+        started = time.time()
+
+        def find_created() -> dict[str, Any] | None:
+            # A retried create must not start a second, billed batch: if the lost answer's batch
+            # exists (the only one reading this freshly uploaded file), it is the answer.
+            for batch in self.list_batches():
+                if batch.input_file_id == input_file_id:
+                    return batch.raw
+                if batch.created_at is not None and batch.created_at < started - _CLOCK_SKEW_SECONDS:
+                    return None  # pages run newest first: older batches cannot be ours
+            return None
+
+        return parse_batch(self._http.request("POST", "batches", json=body, recover=find_created))
+
+    def retrieve_batch(self, batch_id: str) -> Batch:
+        return parse_batch(self._http.request("GET", f"batches/{batch_id}"))
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        return parse_batch(self._http.request("POST", f"batches/{batch_id}/cancel"))
+
+    def list_batches(self, *, metadata: Mapping[str, str] | None = None, page_size: int = 100) -> Iterator[Batch]:
+        def fetch(after: str | None) -> dict[str, Any]:
+            params: dict[str, Any] = {"limit": page_size} | ({"after": after} if after else {})
+            return self._http.request("GET", "batches", params=params)
+
+        return iter_batches(fetch, metadata)
+
+
+def iter_batches(
+    fetch_page: Callable[[str | None], Mapping[str, Any]], metadata: Mapping[str, str] | None
+) -> Iterator[Batch]:
+    """Every batch of an OpenAI-style cursor listing (``fetch_page(after)``), filtered on ``metadata``."""
+    after: str | None = None
+    while True:
+        page = fetch_page(after)
+        items = page.get("data") or []
+        for item in items:
+            batch = parse_batch(item)
+            if not metadata or all(batch.metadata.get(k) == v for k, v in metadata.items()):
+                yield batch
+        if not page.get("has_more") or not items:
+            return
+        cursor = page.get("last_id") or items[-1].get("id")
+        if not cursor or cursor == after:
+            raise APIResponseValidationError(f"batch list says has_more but its cursor does not advance ({cursor!r})")
+        after = cursor
+
+
+def batch_create_body(
+    profile: ProviderProfile,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str | None,
+    metadata: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    """The create-batch body, refusing before any money moves what the provider is documented to reject.
+
+    A profile without batch metadata gets none (the caller is warned): its batches are found again
+    from the caller's own records, not with list.
+    """
+    window = completion_window or profile.default_window
+    if endpoint not in profile.endpoints:
+        raise ValueError(f"{profile.name} batches accept endpoints {list(profile.endpoints)}, not {endpoint!r}")
+    if not profile.window_allowed(window):
+        allowed = profile.completion_windows or f"{profile.min_window_seconds}s..{profile.max_window_seconds}s"
+        raise ValueError(f"{profile.name} does not accept completion_window {window!r} (allowed: {allowed})")
+    body: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": window}
+    if not metadata:
+        return body
+    if len(metadata) > METADATA_MAX_PAIRS:
+        raise ValueError(f"batch metadata has {len(metadata)} pairs; at most {METADATA_MAX_PAIRS} are allowed")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"batch metadata {key!r}: keys and values must be strings")
+        if len(key) > METADATA_MAX_KEY_CHARS or len(value) > METADATA_MAX_VALUE_CHARS:
+            raise ValueError(
+                f"batch metadata {key!r}: keys are limited to {METADATA_MAX_KEY_CHARS} chars "
+                f"and values to {METADATA_MAX_VALUE_CHARS}"
+            )
+    if profile.supports_metadata:
+        body["metadata"] = dict(metadata)
+    else:
+        _log.warning(
+            "%s does not keep batch metadata; the batch for file %s is created without its %d tags",
+            profile.name, input_file_id, len(metadata),
+        )
+    return body
+
+
+# ---- payload -> record: the one normalizer -----------------------------------------------------
+_STATUS_ALIASES = {"canceled": "cancelled", "canceling": "cancelling"}
+
+
+def parse_batch(payload: Mapping[str, Any]) -> Batch:
+    """Normalize an OpenAI-shaped batch object; APIResponseValidationError if it is not one."""
+    raw = dict(payload)
+    status = str(raw.get("status", "")).lower()
+    status = _STATUS_ALIASES.get(status, status)
+    if status not in BatchStatus._value2member_map_:
+        raise APIResponseValidationError(f"batch {raw.get('id')!r} has unknown status {raw.get('status')!r}")
+    errors = raw.get("errors") or []
+    if isinstance(errors, Mapping):
+        errors = errors.get("data") or []
+    metadata = raw.get("metadata") or {}
+    try:
+        return Batch.model_validate(
+            {
+                **{k: v for k, v in raw.items() if k in Batch.model_fields and v is not None},
+                "status": status,
+                "errors": [BatchError.model_validate(e) for e in errors],
+                "metadata": {str(k): str(v) for k, v in metadata.items()},
+                "request_counts": raw.get("request_counts") or {},
+                "raw": raw,
+            }
+        )
+    except ValidationError as exc:
+        raise APIResponseValidationError(f"batch {raw.get('id')!r} does not parse: {_first_problem(exc)}") from None
+
+
+def parse_file(payload: Mapping[str, Any]) -> FileObject:
+    """Normalize an OpenAI-shaped file object."""
+    raw = dict(payload)
+    try:
+        return FileObject.model_validate(
+            {**{k: v for k, v in raw.items() if k in FileObject.model_fields and v is not None}, "raw": raw}
+        )
+    except ValidationError as exc:
+        raise APIResponseValidationError(f"file {raw.get('id')!r} does not parse: {_first_problem(exc)}") from None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
