@@ -1,0 +1,300 @@
+"""Request lines into shard files: vectorized JSON text helpers and the shard writer.
+
+Knows nothing of specs or rows' meaning: it receives chunks of finished lines (one contiguous
+buffer plus each line's end offset) and cuts them into files that respect a provider's limits,
+hashing each file while writing it and recording which shard every custom_id went to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, NamedTuple
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+LARGE_TEXT = pa.large_string()
+SHARD_GLOB = "shard-*.jsonl"
+
+
+class Limits(NamedTuple):
+    """What one file may hold; None means no limit."""
+
+    bytes: int
+    requests: int | None
+    inputs: int | None  # embedding inputs across the file
+
+
+class Chunk(NamedTuple):
+    """Finished request lines of consecutive source rows."""
+
+    rows: np.ndarray  # source position of each line (int64)
+    data: memoryview  # the lines back to back, each ending with "\n"
+    ends: np.ndarray  # end offset of each line in data (int64)
+    ids: pa.Array  # custom_id of each line
+    weights: np.ndarray | None = None  # embedding inputs per line; None: one each
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    path: Path
+    rows: int
+    bytes: int
+    sha256: str
+    first_custom_id: str
+    last_custom_id: str
+
+
+# What JSON writes for each byte inside a string, as orjson writes it (so our lines are
+# byte-identical to orjson's): a 2-byte escape for '"', '\\' and \b \t \n \f \r, \u00XX for
+# the other control characters. Bytes that need no escape have length 1 and are never looked up.
+_ESCAPE_TEXT = [orjson.dumps(chr(b))[1:-1] if b < 0x80 else b"?" for b in range(256)]
+_ESCAPE_BYTES = np.array([list(e.ljust(6, b"\0")) for e in _ESCAPE_TEXT], dtype=np.uint8)
+_LAST_BYTE = np.array([e[-1] for e in _ESCAPE_TEXT], dtype=np.uint8)
+_LONG_ESCAPE = np.array([len(e) == 6 for e in _ESCAPE_TEXT])
+
+
+def json_escape(array: pa.Array) -> pa.Array:
+    """JSON-escape the values of a large_string array, all at once.
+
+    One numpy scan finds the bytes to escape (control characters, quotes, backslashes; UTF-8 above
+    ASCII stays as is). Every byte is then copied to its place in the output, the special ones to
+    the last position of their escape sequence, whose other bytes are filled in before them; value
+    offsets shift by the escapes before them. No Python call per value, however many need escaping.
+    """
+    data_buffer = array.buffers()[2] if len(array) else None
+    if data_buffer is None:
+        return array
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array) + 1, offset=array.offset * 8)
+    first = int(offsets[0])
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[first : offsets[-1]]
+    needs = data < 0x20
+    needs |= data == 0x22
+    needs |= data == 0x5C
+    hits = np.flatnonzero(needs)
+    if not hits.size:
+        return array
+    special = data[hits]
+    long = np.flatnonzero(_LONG_ESCAPE[special])  # \u00XX (6 bytes) instead of \n-like (2): rare
+    if long.size:
+        extra = np.ones(hits.size, dtype=np.int64)
+        extra[long] = 5
+        shift = np.cumsum(extra)  # bytes added up to and including each escape
+    else:
+        shift = np.arange(1, hits.size + 1)
+    last = hits + shift  # output position of each escape's last byte
+    head = last - 1  # and of its first, a backslash
+    head[long] -= 4
+    out = np.empty(data.size + int(shift[-1]), dtype=np.uint8)
+    copied = np.ones(out.size, dtype=bool)
+    copied[head] = False
+    out[head] = 0x5C
+    for k in range(1, 5):
+        copied[head[long] + k] = False
+        out[head[long] + k] = _ESCAPE_BYTES[special[long], k]
+    out[copied] = data
+    out[last] = _LAST_BYTE[special]
+    relative = offsets - first
+    before = np.searchsorted(hits, relative, side="left")  # escapes before each value boundary
+    added = np.concatenate(([0], shift))[before] if long.size else before
+    validity = pc.is_valid(array).buffers()[1] if array.null_count else None
+    return pa.Array.from_buffers(
+        LARGE_TEXT, len(array), [validity, pa.py_buffer(relative + added), pa.py_buffer(out)], null_count=array.null_count
+    )
+
+
+def lines_of_array(lines: pa.Array) -> tuple[memoryview, np.ndarray]:
+    """The bytes of a large_string array of lines (zero-copy) and each line's end offset."""
+    if not len(lines):
+        return memoryview(b""), np.zeros(0, dtype=np.int64)
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=len(lines) + 1, offset=lines.offset * 8)
+    data = memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]]
+    return data, offsets[1:] - offsets[0]
+
+
+def lines_of_bytes(lines: list[bytes]) -> tuple[memoryview, np.ndarray]:
+    """The same for serialized lines without their newline."""
+    if not lines:
+        return memoryview(b""), np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(np.fromiter((len(x) + 1 for x in lines), dtype=np.int64, count=len(lines)))
+    return memoryview(b"\n".join(lines) + b"\n"), ends
+
+
+def drop_lines(chunk: Chunk, drop: np.ndarray) -> Chunk:
+    """``chunk`` without the lines where ``drop`` is True (rare: the lines are copied)."""
+    keep = ~drop
+    ends = chunk.ends
+    starts = np.concatenate(([0], ends[:-1]))
+    sizes = ends - starts
+    data = b"".join(chunk.data[s:e] for s, e in zip(starts[keep], ends[keep]))
+    return Chunk(
+        rows=chunk.rows[keep],
+        data=memoryview(data),
+        ends=np.cumsum(sizes[keep]),
+        ids=chunk.ids.filter(pa.array(keep)),
+        weights=chunk.weights[keep] if chunk.weights is not None else None,
+    )
+
+
+class _Piece(NamedTuple):
+    """Consecutive lines for one shard; ``full`` closes the shard after them."""
+
+    shard: int
+    data: memoryview
+    rows: int
+    first_id: str
+    last_id: str
+    full: bool
+
+
+class ShardWriter:
+    """Writes chunks into ``shard-NNNNN.jsonl`` files within ``limits`` and the id map beside them.
+
+    Shards fill greedily in row order, so the same lines always give the same files, however they
+    are chunked. A line that alone exceeds a limit must be dropped before (the caller reports it);
+    every shard holds at least one line. ``dry`` writers (and aborted ones) write nothing.
+
+    Where the cuts fall is decided here, from line sizes alone; the bytes are written, hashed and
+    the id map appended by one worker thread, in order, while the caller builds the next chunk
+    (file writes, sha256 and Parquet release the GIL). One chunk at most is in flight, and a
+    failure in the worker is raised by the next call.
+    """
+
+    def __init__(self, out_dir: Path, limits: Limits, keys: pa.Array, ids_path: Path, *, dry: bool = False) -> None:
+        self.out_dir = out_dir
+        self.limits = limits
+        self.keys = keys
+        self.ids_path = ids_path
+        self.dry = dry
+        self.shards: list[ShardFile] = []
+        # Where the cuts fall (caller's thread): the shard being filled and how full it is.
+        self._shard = 0
+        self._bytes = self._rows = self._inputs = 0
+        # The files (worker thread, or the caller's once the worker is idle).
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._pending: Future[None] | None = None
+        self._file: IO[bytes] | None = None
+        self._hash = hashlib.sha256()
+        self._stats = [0, 0, "", ""]  # rows, bytes, first and last custom_id of the open shard
+        self._ids: pq.ParquetWriter | None = None
+
+    @property
+    def wrote_ids(self) -> bool:
+        return self._ids is not None
+
+    def write(self, chunk: Chunk) -> None:
+        if self.dry or not len(chunk.ends):
+            return
+        pieces, shard_of = self._cut(chunk)
+        table = pa.table(
+            {
+                "custom_id": chunk.ids.cast(pa.string()),
+                "key": self.keys.take(pa.array(chunk.rows)),
+                "row": pa.array(chunk.rows, pa.int64()),
+                "shard": pa.array(shard_of, pa.int32()),
+            }
+        )
+        self._wait()
+        self._pending = self._pool.submit(self._apply, pieces, table)
+
+    def _cut(self, chunk: Chunk) -> tuple[list[_Piece], np.ndarray]:
+        """The chunk's lines as pieces of shards, and the shard of every line."""
+        ends = chunk.ends
+        starts = np.concatenate(([0], ends[:-1]))
+        inputs = None
+        if self.limits.inputs is not None:
+            inputs = np.cumsum(chunk.weights if chunk.weights is not None else np.ones(len(ends), dtype=np.int64))
+        pieces: list[_Piece] = []
+        shard_of = np.empty(len(ends), dtype=np.int32)
+        i = 0
+        while i < len(ends):
+            k = int(np.searchsorted(ends, starts[i] + self.limits.bytes - self._bytes, side="right")) - i
+            if self.limits.requests is not None:
+                k = min(k, self.limits.requests - self._rows)
+            done = 0
+            if inputs is not None:
+                done = int(inputs[i - 1]) if i else 0
+                room = done + self.limits.inputs - self._inputs  # type: ignore[operator]
+                k = min(k, int(np.searchsorted(inputs, room, side="right")) - i)
+            if k <= 0:  # the next line does not fit: this shard is full
+                if pieces:
+                    pieces[-1] = pieces[-1]._replace(full=True)
+                else:
+                    pieces.append(_Piece(self._shard, memoryview(b""), 0, "", "", True))
+                self._shard += 1
+                self._bytes = self._rows = self._inputs = 0
+                continue
+            data = chunk.data[starts[i] : ends[i + k - 1]]
+            pieces.append(_Piece(self._shard, data, k, chunk.ids[i].as_py(), chunk.ids[i + k - 1].as_py(), False))
+            self._bytes += len(data)
+            self._rows += k
+            if inputs is not None:
+                self._inputs += int(inputs[i + k - 1]) - done
+            shard_of[i : i + k] = self._shard
+            i += k
+        return pieces, shard_of
+
+    def _apply(self, pieces: list[_Piece], table: pa.Table) -> None:
+        for piece in pieces:
+            if piece.rows:
+                if self._file is None:
+                    self._file = open(self.out_dir / f"shard-{piece.shard:05d}.jsonl", "wb")  # noqa: SIM115
+                    self._hash = hashlib.sha256()
+                    self._stats = [0, 0, piece.first_id, ""]
+                self._file.write(piece.data)
+                self._hash.update(piece.data)
+                self._stats[0] += piece.rows
+                self._stats[1] += len(piece.data)
+                self._stats[3] = piece.last_id
+            if piece.full:
+                self._close_file()
+        if self._ids is None:
+            self._ids = pq.ParquetWriter(self.ids_path, table.schema, use_dictionary=["shard"], write_statistics=False)
+        self._ids.write_table(table)
+
+    def _close_file(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        rows, size, first, last = self._stats
+        self.shards.append(ShardFile(Path(self._file.name), rows, size, self._hash.hexdigest(), first, last))
+        self._file = None
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> list[ShardFile]:
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown()
+        self._close_file()
+        if self._ids is not None:
+            self._ids.close()
+        return self.shards
+
+    def abort(self) -> None:
+        """Stop writing and remove what was written: the build is going to fail."""
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - the build is failing already; its own error is the one to raise
+            pass
+        self._pool.shutdown()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._ids is not None:
+            self._ids.close()
+            self._ids = None
+        for path in [*self.out_dir.glob(SHARD_GLOB), self.ids_path]:
+            path.unlink(missing_ok=True)
+        self.shards = []
+        self.dry = True

@@ -1,0 +1,74 @@
+"""The ``batch-pipelines`` command.
+
+``batch-pipelines serve`` runs the local batch service: an OpenAI-compatible Files + Batches API
+on this machine (see ``batch_pipelines.local_service``)::
+
+    batch-pipelines serve --port 8765 --data-dir .local_batches --profile moonshot \
+        --speed realistic --api-key sk-local
+
+The API key may also come from the environment variable ``BATCH_PIPELINES_LOCAL_API_KEY``; with
+neither, the service accepts every request (it binds 127.0.0.1 unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from batch_pipelines.profiles import PROFILES
+
+__all__ = ["API_KEY_ENV", "main"]
+
+API_KEY_ENV = "BATCH_PIPELINES_LOCAL_API_KEY"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="batch-pipelines", description="Run LLM batch jobs through Batch APIs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the local OpenAI-compatible batch service")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 picks a free one)")
+    serve.add_argument("--data-dir", type=Path, default=Path(".local_batches"), help="where state and files live")
+    serve.add_argument("--profile", choices=sorted(PROFILES), default="openai", help="provider to pose as")
+    serve.add_argument("--speed", choices=["instant", "realistic"], default="instant", help="processing pace")
+    serve.add_argument(
+        "--time-scale", type=float, default=1.0, help="completion-window speed-up (8640: a 24h window lasts 10 s)"
+    )
+    serve.add_argument("--api-key", default=None, help=f"bearer key clients must send (or env {API_KEY_ENV})")
+    serve.set_defaults(handler=_serve)
+
+    args = parser.parse_args(argv)
+    args.handler(args)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import socket
+
+    import uvicorn
+
+    from batch_pipelines.local_service import BatchEngine, create_app
+
+    api_key = args.api_key or os.environ.get(API_KEY_ENV)
+    engine = BatchEngine(args.data_dir, profile=args.profile, speed=args.speed, time_scale=args.time_scale)
+    # Bind first so the printed URL carries the real port, also with --port 0.
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"local batch service ({args.profile}, {args.speed}) at http://{host}:{port}/v1", flush=True)
+    if api_key is None:
+        print("no API key set: every request is accepted", flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key=api_key), log_level="warning"))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises Ctrl-C after its graceful shutdown: a normal way to stop
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""State on disk: one SQLite database and the files' bytes, both in the data directory.
+
+Layout of ``data_dir``::
+
+    state.sqlite3        files and batches tables (WAL journal, busy timeout: several processes)
+    files/<file_id>      every file's bytes (uploads, outputs, error files); the name is the id
+    tmp/                 uploads being received, renamed into files/ when complete
+    worker.lock          held (fcntl.flock) by the one process processing batches
+    worker.log           the detached worker's stderr
+
+File ids are generated here and checked against :data:`FILE_ID_RE` before any path is built, so
+no id and no client-supplied file name can reach outside the data directory.
+
+Each connection belongs to one thread. Writers take SQLite's write lock with ``BEGIN IMMEDIATE``
+so concurrent read-modify-write transactions from several processes serialize instead of failing.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BATCH_ID_RE", "FILE_ID_RE", "Store", "new_batch_id", "new_file_id"]
+
+FILE_ID_RE = re.compile(r"^file-[a-f0-9]{24}$")
+BATCH_ID_RE = re.compile(r"^batch_[a-f0-9]{24}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    filename TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    input_file_id TEXT NOT NULL,
+    completion_window TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    in_progress_at INTEGER,
+    expires_at INTEGER,
+    finalizing_at INTEGER,
+    completed_at INTEGER,
+    failed_at INTEGER,
+    expired_at INTEGER,
+    cancelling_at INTEGER,
+    cancelled_at INTEGER,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    total INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    errors TEXT,
+    metadata TEXT,
+    -- how to process it (profile, speed, time scale, faults, responder), fixed at creation
+    settings TEXT NOT NULL,
+    deadline REAL NOT NULL,
+    started REAL,
+    -- checkpoint: the input up to `input_offset` is done (completed + failed rows) and its lines
+    -- are in the work files, which are exactly `output_bytes` and `error_bytes` long
+    input_offset INTEGER NOT NULL DEFAULT 0,
+    work_output_id TEXT,
+    work_error_id TEXT,
+    output_bytes INTEGER NOT NULL DEFAULT 0,
+    error_bytes INTEGER NOT NULL DEFAULT 0,
+    output_lines INTEGER NOT NULL DEFAULT 0,
+    error_lines INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS batches_status ON batches(status);
+"""
+
+#: Statuses a worker still has to act on.
+ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+def new_file_id() -> str:
+    return "file-" + secrets.token_hex(12)
+
+
+def new_batch_id() -> str:
+    return "batch_" + secrets.token_hex(12)
+
+
+class Store:
+    """The data directory: SQLite state plus file bytes."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.files_dir = self.data_dir / "files"
+        self.tmp_dir = self.data_dir / "tmp"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._db_path = self.data_dir / "state.sqlite3"
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._conn().executescript(_SCHEMA)
+
+    # ---- connections ---------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._db_path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def read_one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+        return self._conn().execute(sql, params).fetchone()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds SQLite's write lock from its first statement."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._all_lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # ---- paths ---------------------------------------------------------------------------
+    def file_path(self, file_id: str) -> Path:
+        """Where a file's bytes live; ValueError for anything that is not a well-formed id."""
+        if not FILE_ID_RE.match(file_id):
+            raise ValueError(f"malformed file id {file_id!r}")
+        return self.files_dir / file_id
+
+    def tmp_path(self) -> Path:
+        return self.tmp_dir / f"upload-{secrets.token_hex(8)}"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "worker.lock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "worker.log"

@@ -1,0 +1,46 @@
+"""``batch-pipelines serve`` starts the service and prints where it listens."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import openai
+import pytest
+
+from batch_pipelines_tests.conftest import wait_for_batch
+from batch_pipelines_tests.local_service.support import CHAT, chat_line, write_lines
+
+
+@pytest.mark.parametrize("key_from", ["flag", "env"])
+def test_serve_prints_its_url_and_answers_the_sdk(tmp_path, key_from):
+    command = [sys.executable, "-m", "batch_pipelines.cli", "serve", "--port", "0", "--data-dir", str(tmp_path / "data"),
+               "--profile", "moonshot", "--speed", "instant", "--time-scale", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "BATCH_PIPELINES_LOCAL_API_KEY"}
+    if key_from == "flag":
+        command += ["--api-key", "sk-cli"]
+    else:
+        env["BATCH_PIPELINES_LOCAL_API_KEY"] = "sk-cli"
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = server.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/v1)", first)
+        assert match, first + server.stderr.read()
+        client = openai.OpenAI(api_key="sk-cli", base_url=match.group(1), max_retries=5)
+        uploaded = client.files.create(file=write_lines(tmp_path / "in.jsonl", [chat_line(0)]), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        assert batch.expires_at == batch.created_at + 12 * 3600  # 24 h at time scale 2
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(api_key="sk-other", base_url=match.group(1), max_retries=0).batches.list()
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=20) == 0
+        assert "Traceback" not in server.stderr.read()
+
+    from batch_pipelines.local_service import BatchEngine
+
+    with BatchEngine(tmp_path / "data", worker="none") as engine:  # the state outlives the server
+        assert wait_for_batch(engine, batch.id, timeout=5)["status"] == "completed"

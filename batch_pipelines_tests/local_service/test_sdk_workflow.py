@@ -1,0 +1,161 @@
+"""The official openai SDK runs the Moonshot guide's workflow against the local service over HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+from openai.types import Batch, FileDeleted, FileObject
+
+from batch_pipelines_tests.conftest import wait_for_batch
+from batch_pipelines_tests.local_service.support import CHAT, chat_line, sdk, write_lines
+
+TEXTS = [
+    "Hamlet is one of Shakespeare's most famous tragedies",
+    "Scientists discover new potentially habitable planet",
+    "2024 Artificial Intelligence Development Report",
+    "How to make a delicious braised pork dish",
+    "Latest iPhone launch event details",
+]
+
+
+@pytest.mark.parametrize("profile", ["moonshot", "openai"])
+def test_guide_workflow(local_service, tmp_path, profile):
+    svc = local_service(profile=profile)
+    client = sdk(svc)
+    model = "kimi-k2.5" if profile == "moonshot" else "gpt-4o-mini"
+    requests = [
+        {
+            "custom_id": f"text_{i}",
+            "method": "POST",
+            "url": CHAT,
+            "body": {
+                "model": model,
+                "messages": [
+                    {"role": "system", "content": "You are a text classification expert."},
+                    {"role": "user", "content": f"Please classify the following text: {text}"},
+                ],
+            },
+        }
+        for i, text in enumerate(TEXTS)
+    ]
+    path = tmp_path / "classification_requests.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in requests), encoding="utf-8")
+
+    file_object = client.files.create(file=path, purpose="batch")
+    assert isinstance(file_object, FileObject)
+    assert file_object.purpose == "batch" and file_object.bytes == path.stat().st_size
+    assert file_object.filename == "classification_requests.jsonl"
+
+    batch = client.batches.create(input_file_id=file_object.id, endpoint=CHAT, completion_window="24h")
+    assert isinstance(batch, Batch) and batch.status == "validating"
+    assert batch.created_at and batch.expires_at == batch.created_at + 24 * 3600
+
+    deadline = time.monotonic() + 30
+    while True:
+        batch = client.batches.retrieve(batch.id)
+        if batch.status == "completed":
+            break
+        assert batch.status not in ("failed", "expired", "cancelled"), batch
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    assert batch.request_counts.total == 5 and batch.request_counts.completed == 5 and batch.request_counts.failed == 0
+    assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
+    assert batch.error_file_id is None
+    output = client.files.content(batch.output_file_id)
+    seen = {}
+    for line in output.text.strip().split("\n"):
+        data = json.loads(line)
+        body = data["response"]["body"]
+        assert data["response"]["status_code"] == 200 and data["error"] is None
+        seen[data["custom_id"]] = body["choices"][0]["message"]["content"]
+        assert body["object"] == "chat.completion" and body["model"] == model
+        assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert set(seen) == {f"text_{i}" for i in range(5)}
+    assert "Hamlet" in seen["text_0"]
+    assert client.files.retrieve(batch.output_file_id).purpose == "batch_output"
+
+
+def test_output_order_differs_from_input_order(local_service, tmp_path):
+    svc = local_service()
+    client = sdk(svc)
+    uploaded = client.files.create(file=write_lines(tmp_path / "in.jsonl", [chat_line(i) for i in range(20)]), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+    batch = wait_for_batch(svc.engine, batch.id)
+    order = [json.loads(line)["custom_id"] for line in client.files.content(batch["output_file_id"]).text.splitlines()]
+    assert sorted(order) == sorted(f"text_{i}" for i in range(20))
+    assert order != [f"text_{i}" for i in range(20)]
+
+
+def test_list_batches_pages_and_auto_paging(local_service, tmp_path):
+    svc = local_service()
+    client = sdk(svc)
+    uploaded = client.files.create(file=write_lines(tmp_path / "in.jsonl", [chat_line(0)]), purpose="batch")
+    created = [client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h").id for _ in range(7)]
+    newest_first = created[::-1]
+
+    page = client.batches.list(limit=3)
+    assert [b.id for b in page.data] == newest_first[:3]
+    assert page.has_more is True and page.first_id == newest_first[0] and page.last_id == newest_first[2]
+    second = client.batches.list(limit=3, after=page.last_id)
+    assert [b.id for b in second.data] == newest_first[3:6]
+    last = client.batches.list(limit=3, after=second.last_id)
+    assert [b.id for b in last.data] == newest_first[6:] and last.has_more is False
+
+    assert [b.id for b in client.batches.list(limit=2)] == newest_first  # the SDK follows every page
+    with pytest.raises(openai.BadRequestError):
+        client.batches.list(limit=101)
+
+
+def test_cancel_through_the_sdk(local_service, tmp_path):
+    svc = local_service(profile="moonshot")
+    client = sdk(svc)
+    uploaded = client.files.create(file=write_lines(tmp_path / "in.jsonl", [chat_line(i) for i in range(40)]), purpose="batch")
+    slow = json.dumps({"row_delay": 0.05})
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h", metadata={"local_faults": slow, "job": "x"}
+    )
+    wait_for_batch(svc.engine, batch.id, ["in_progress"])
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at
+    assert cancelling.metadata == {"local_faults": slow, "job": "x"}
+    final = wait_for_batch(svc.engine, batch.id)
+    assert final["status"] == "cancelled" and final["cancelled_at"]
+    counts = final["request_counts"]
+    assert counts["total"] == 40 and 0 < counts["completed"] < 40 and counts["completed"] + counts["failed"] == 40
+    errors = [json.loads(x) for x in client.files.content(final["error_file_id"]).text.splitlines()]
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"} and len(errors) == counts["failed"]
+    done = client.files.content(final["output_file_id"]).text.splitlines()
+    assert len(done) == counts["completed"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.batches.cancel(batch.id)
+    assert info.value.status_code == 400 and "cancelled" in info.value.message
+
+
+def test_files_list_retrieve_delete(local_service, tmp_path):
+    svc = local_service()
+    client = sdk(svc)
+    ids = [client.files.create(file=write_lines(tmp_path / f"f{i}.jsonl", [chat_line(i)]), purpose="batch").id for i in range(3)]
+    listed = client.files.list()
+    assert [f.id for f in listed.data] == ids[::-1]
+    assert [f.id for f in client.files.list(purpose="batch", limit=1)] == ids[::-1]  # auto-paging with after
+    assert client.files.list(purpose="batch_output").data == []
+    assert client.files.retrieve(ids[0]).filename == "f0.jsonl"
+    deleted = client.files.delete(ids[0])
+    assert isinstance(deleted, FileDeleted) and deleted.deleted and deleted.id == ids[0]
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(ids[0])
+    assert not (svc.data_dir / "files" / ids[0]).exists()
+
+
+def test_image_and_video_purposes_are_accepted(local_service, tmp_path):
+    svc = local_service(profile="moonshot")
+    client = sdk(svc)
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG fake image")
+    image = client.files.create(file=tmp_path / "cat.png", purpose="image")  # type: ignore[arg-type]
+    assert image.purpose == "image"
+    with pytest.raises(openai.BadRequestError):
+        client.files.create(file=tmp_path / "cat.png", purpose="fine-tune")
