@@ -8,7 +8,7 @@ PORT ?= 8787
 UI_PORT ?= 3000
 DATA_DIR ?= .local_service
 # The demo's Dagster instance: runs, event log, the local provider's batches, Parquet results.
-DEMO_HOME ?= $(CURDIR)/.dagster_home
+DEMO_HOME ?= .dagster_home
 CHROMIUM := /usr/bin/chromium
 # System packages are installed directly as root, through sudo otherwise.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -24,10 +24,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The Dagster UI with the demo pipeline on http://$(HOST):$(UI_PORT); see README "The demo".
+# Started inside DAGSTER_HOME, which holds a copy of dagster.yaml (Dagster reads it from there only).
 run: setup
 	mkdir -p $(DEMO_HOME)
 	cp dagster.yaml $(DEMO_HOME)/dagster.yaml
-	DAGSTER_HOME=$(DEMO_HOME) $(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(UI_PORT)
+	cd $(DEMO_HOME) && DAGSTER_HOME=$(abspath $(DEMO_HOME)) $(abspath $(BIN))/dagster dev \
+		-w $(CURDIR)/workspace.yaml -h $(HOST) -p $(UI_PORT)
 
 # The local batch service alone, with realistic pacing; see README "Try the local service".
 serve: setup

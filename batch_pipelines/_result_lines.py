@@ -1,0 +1,529 @@
+"""Result files read line by line: the reading half of :mod:`batch_pipelines.results`.
+
+A parser per line format (OpenAI's ``response``/``error`` lines, Anthropic's ``result.type``
+lines) normalizes each line's envelope: its custom_id, HTTP status and, for a line without a
+usable answer, its outcome, error code and message. A succeeded line's body goes to the endpoint's
+extractor, which appends the fields the join needs (content, finish reason, tokens) to plain
+column lists. Every chunk of lines becomes Arrow/NumPy arrays before the next one is read, so no
+dict per line is kept and memory stays bounded by a chunk plus the columns themselves.
+
+New formats and endpoints plug in without touching the join: a parser filling an
+:class:`_Envelope`, an extractor naming its columns.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES
+
+Outcome = Literal["succeeded", "failed", "invalid_output", "expired", "cancelled", "rejected", "missing"]
+OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "invalid_output", "expired", "cancelled", "rejected", "missing")
+SUCCEEDED, FAILED, INVALID, EXPIRED, CANCELLED, REJECTED, MISSING = range(len(OUTCOMES))
+
+LineFormat = Literal["openai", "anthropic"]
+#: Anthropic Message Batches results: one Messages API response per line (``result.message``).
+ANTHROPIC_MESSAGES = "/v1/messages"
+
+TEXT_COLUMNS = ("content", "finish_reason")
+TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
+TEXT = pa.large_string()  # what pandas' str dtype holds: no cast later
+
+_CHUNK_BYTES = 4 << 20  # lines read and converted at once: bounds the Python objects alive
+_loads = orjson.loads
+_NO_FIELDS: dict[str, Any] = {}
+_CUSTOM_ID_IN_RAW = re.compile(rb'"custom_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
+
+
+@dataclass(frozen=True, slots=True)
+class ResultLine:
+    """One result line, normalized whatever the provider's line format.
+
+    ``outcome`` is the line's own: succeeded (a 2xx answer), failed, expired, cancelled, or
+    invalid_output (a 2xx without a body). ``body`` is the response body (OpenAI) or the message
+    (Anthropic) of a succeeded line, None otherwise.
+    """
+
+    line_no: int
+    custom_id: str
+    outcome: Outcome
+    status_code: int | None
+    error_code: str | None
+    error_message: str | None
+    body: dict[str, Any] | None
+
+
+class CorruptLine(BaseModel):
+    """A line that is not a result record (cut short, not JSON, no custom_id...)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    line_no: int
+    message: str
+    #: Recovered from the raw text when the line still shows it (a line cut short, say).
+    custom_id: str | None = None
+
+
+def iter_result_lines(path: Path, *, line_format: LineFormat = "openai") -> Iterator[ResultLine | CorruptLine]:
+    """Stream a result file's lines in bounded memory, corrupt ones included as :class:`CorruptLine`.
+
+    ``line_format`` is ``"openai"`` (``{custom_id, response: {status_code, body} | null, error}``,
+    for every OpenAI-style provider) or ``"anthropic"`` (``{custom_id, result: {type, ...}}``).
+    A corrupt line does not stop the reading: the lines after it are parsed as usual.
+    """
+    parse = _PARSERS[line_format]
+    line_no = 0
+    for lines in _line_chunks(Path(path)):
+        envelope = _Envelope()
+        bodies: list[Any] = []
+
+        def keep(body: Any, bodies: list[Any] = bodies) -> None:
+            if type(body) is not dict:
+                raise TypeError("the body is not an object")  # as the join's extractors would
+            bodies.append(body)
+
+        first, line_no = line_no + 1, parse(lines, line_no, envelope, keep, lambda: bodies.append(None))
+        skipped = {n for n, _, _ in envelope.corrupt} | set(envelope.blank)
+        numbers = (n for n in range(first, line_no + 1) if n not in skipped)
+        unsuccessful = {i: rest for i, *rest in envelope.unsuccessful}
+        records = zip(numbers, envelope.custom_id, envelope.status_code, bodies, strict=True)
+        for i, (n, cid, status, body) in enumerate(records):
+            outcome, code, message = unsuccessful.get(i, (SUCCEEDED, None, None))
+            yield ResultLine(n, cid, OUTCOMES[outcome], status, code, message, body)
+        for n, raw, exc in envelope.corrupt:
+            yield _corrupt_line(path, n, raw, exc)
+
+
+def _line_chunks(path: Path) -> Iterator[list[bytes]]:
+    with path.open("rb") as f:
+        while lines := f.readlines(_CHUNK_BYTES):
+            yield lines
+
+
+# ---- line formats ------------------------------------------------------------------------------
+
+
+class _Envelope:
+    """What every line format has, for one chunk of lines.
+
+    A list per field every record has; what only unsuccessful records have is kept sparse, as
+    ``(record index, outcome, error code, error message)``: most lines succeed, and each value kept
+    per line costs time in the hot loop and again when it becomes an array. Line numbers are kept
+    only for lines that are not records (corrupt, blank); the records fill the rest in order.
+    """
+
+    def __init__(self) -> None:
+        self.custom_id: list[str] = []
+        self.status_code: list[int | None] = []
+        self.unsuccessful: list[tuple[int, int, str | None, str | None]] = []
+        self.corrupt: list[tuple[int, bytes, Exception]] = []
+        self.blank: list[int] = []
+
+    def fail(self, custom_id: str, status: int | None, failure: _Failure, blank: _Blank) -> None:
+        """A record without a usable answer: blank content, and why."""
+        blank()
+        self.unsuccessful.append((len(self.custom_id), *failure))
+        self.custom_id.append(custom_id)
+        self.status_code.append(status)
+
+    def skip(self, line_no: int, raw: bytes, exc: Exception) -> None:
+        if raw.strip():
+            self.corrupt.append((line_no, raw, exc))
+        else:
+            self.blank.append(line_no)
+
+
+_Extract = Callable[[Any], None]
+_Blank = Callable[[], None]
+_Failure = tuple[int, str | None, str | None]  # outcome, error code, error message
+# A body whose shape surprises an extractor: that line is an invalid_output, not a crash.
+_BODY_ERRORS = (LookupError, TypeError, AttributeError, ValueError)
+_LINE_ERRORS = (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError)
+_END_OUTCOMES = {"batch_expired": EXPIRED, "batch_cancelled": CANCELLED}
+
+
+def _parse_openai(lines: list[bytes], line_no: int, out: _Envelope, extract: _Extract, blank: _Blank) -> int:
+    """OpenAI-style lines: ``{id, custom_id, response: {status_code, request_id, body} | null, error}``.
+
+    HTTP failures carry ``response.status_code >= 400`` and ``response.body.error``; failures with
+    no HTTP answer carry ``error.code`` (batch_expired, batch_cancelled, request_timeout...).
+    Classification reads the line, not the file it came from.
+    """
+    # Bound methods in locals and the success path inline: this loop runs once per result line.
+    add_id, add_status = out.custom_id.append, out.status_code.append
+    failure: _Failure | None
+    for raw in lines:
+        line_no += 1
+        try:
+            record = _loads(raw)
+            custom_id = record["custom_id"]
+            if type(custom_id) is not str:
+                raise TypeError("custom_id is not a string")
+            response = record.get("response")
+            if response is None:
+                status, body = None, None
+                code, message = _error_fields(record["error"])
+                failure = (_END_OUTCOMES.get(code, FAILED), code, message)
+            else:
+                status = response["status_code"]
+                body = response.get("body")
+                failure = None if 200 <= status < 300 else (FAILED, *_error_fields(_error_of(body)))
+        except _LINE_ERRORS as exc:
+            out.skip(line_no, raw, exc)
+            continue
+        if failure is None:
+            try:
+                extract(body)
+                add_id(custom_id)
+                add_status(status)
+                continue
+            except _BODY_ERRORS as exc:
+                failure = _not_understood(body, exc)
+        out.fail(custom_id, status, failure, blank)
+    return line_no
+
+
+# Error ``type`` of an Anthropic errored result -> the HTTP status it stands for (Anthropic's docs).
+_ANTHROPIC_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+def _parse_anthropic(lines: list[bytes], line_no: int, out: _Envelope, extract: _Extract, blank: _Blank) -> int:
+    """Anthropic Message Batches lines: ``{custom_id, result: {type: succeeded|errored|canceled|expired}}``.
+
+    Canceled and expired results get OpenAI's codes (batch_cancelled, batch_expired) and errored
+    ones the HTTP status their error type stands for, so the retry rules read both formats alike.
+    """
+    failure: _Failure | None
+    for raw in lines:
+        line_no += 1
+        try:
+            record = _loads(raw)
+            custom_id = record["custom_id"]
+            if type(custom_id) is not str:
+                raise TypeError("custom_id is not a string")
+            result = record["result"]
+            kind = result["type"]
+            status, body, failure = None, None, None
+            if kind == "succeeded":
+                status, body = 200, result["message"]
+            elif kind == "errored":
+                error = result.get("error") or {}
+                code, message = _error_fields(error["error"] if type(error.get("error")) is dict else error)
+                status, failure = _ANTHROPIC_STATUS.get(code or ""), (FAILED, code, message)
+            elif kind == "canceled":
+                failure = (CANCELLED, "batch_cancelled", "the batch was canceled before this request ran")
+            elif kind == "expired":
+                failure = (EXPIRED, "batch_expired", "the batch expired before this request ran")
+            else:
+                raise ValueError(f"unknown result type {kind!r}")
+        except _LINE_ERRORS as exc:
+            out.skip(line_no, raw, exc)
+            continue
+        if failure is None:
+            try:
+                extract(body)
+                out.custom_id.append(custom_id)
+                out.status_code.append(status)
+                continue
+            except _BODY_ERRORS as exc:
+                failure = _not_understood(body, exc)
+        out.fail(custom_id, status, failure, blank)
+    return line_no
+
+
+_PARSERS: dict[str, Callable[[list[bytes], int, _Envelope, _Extract, _Blank], int]] = {
+    "openai": _parse_openai,
+    "anthropic": _parse_anthropic,
+}
+
+
+def _error_of(body: Any) -> Any:
+    return body.get("error") if type(body) is dict else None
+
+
+def _error_fields(error: Any) -> tuple[str | None, str | None]:
+    """(code, message) of an error object; its ``type`` stands in when it has no ``code``."""
+    if type(error) is not dict:
+        raise TypeError("a failed line has no error object")
+    code = error.get("code") or error.get("type")
+    message = error.get("message")
+    return (None if code is None else str(code)), (None if message is None else str(message))
+
+
+def _not_understood(body: Any, exc: Exception) -> _Failure:
+    what = "a successful answer without a body" if body is None else f"answer not understood: {_describe(exc)}"
+    return INVALID, "unexpected_body", what
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, orjson.JSONDecodeError):
+        return f"not valid JSON ({exc})"
+    if isinstance(exc, KeyError):
+        return f"no {exc} field"
+    return str(exc) or type(exc).__name__
+
+
+def _corrupt_line(path: Path | str, line_no: int, raw: bytes, exc: Exception) -> CorruptLine:
+    found = _CUSTOM_ID_IN_RAW.search(raw)
+    return CorruptLine(path=str(path), line_no=line_no, message=_describe(exc), custom_id=found.group(1).decode() if found else None)
+
+
+# ---- what each endpoint's bodies hold ----------------------------------------------------------
+# An extractor is bound to the lists of its columns (its content columns, then TOKEN_COLUMNS) and
+# called with each succeeded body. It reads every field before appending any, so a body it does
+# not understand raises with the columns still in step (the line then gets blanks).
+
+
+def _chat(content: list, finish: list, prompt: list, completion: list, total: list, cached: list) -> _Extract:
+    # Written out rather than built on _appending: it is the hot path of the common case.
+    add_content, add_finish = content.append, finish.append
+    add_prompt, add_completion, add_total, add_cached = prompt.append, completion.append, total.append, cached.append
+
+    def extract(body: Any) -> None:
+        choice = body["choices"][0]
+        text = choice["message"]["content"]
+        if type(text) is not str and text is not None:
+            raise TypeError("message.content is not text")
+        reason = choice.get("finish_reason")
+        usage = body.get("usage") or _NO_FIELDS
+        cached_tokens = (usage.get("prompt_tokens_details") or _NO_FIELDS).get("cached_tokens")
+        add_content(text)
+        add_finish(reason)
+        add_prompt(usage.get("prompt_tokens"))
+        add_completion(usage.get("completion_tokens"))
+        add_total(usage.get("total_tokens"))
+        add_cached(cached_tokens)
+
+    return extract
+
+
+def _appending(read: Callable[[dict[str, Any]], tuple[Any, ...]]) -> Callable[..., _Extract]:
+    """An extractor from ``read(body)``, which returns the values of the columns in order."""
+
+    def bind(*columns: list) -> _Extract:
+        adds = [column.append for column in columns]
+
+        def extract(body: Any) -> None:
+            for add, value in zip(adds, read(body), strict=True):
+                add(value)
+
+        return extract
+
+    return bind
+
+
+def _completion_fields(body: dict[str, Any]) -> tuple[Any, ...]:
+    choice = body["choices"][0]
+    return (_text(choice["text"]), choice.get("finish_reason"), *_openai_usage(body))
+
+
+def _responses_fields(body: dict[str, Any]) -> tuple[Any, ...]:
+    parts = [
+        _text(part["text"])
+        for item in body["output"]
+        if item.get("type") == "message"
+        for part in item["content"]
+        if part.get("type") == "output_text"
+    ]
+    reason = (body.get("incomplete_details") or _NO_FIELDS).get("reason") or body.get("status")
+    usage = body.get("usage") or _NO_FIELDS
+    details = usage.get("input_tokens_details") or _NO_FIELDS
+    tokens = (usage.get("input_tokens"), usage.get("output_tokens"), usage.get("total_tokens"), details.get("cached_tokens"))
+    return ("".join(parts) if parts else None), reason, *tokens
+
+
+def _message_fields(body: dict[str, Any]) -> tuple[Any, ...]:
+    parts = [_text(block["text"]) for block in body["content"] if block.get("type") == "text"]
+    usage = body.get("usage") or _NO_FIELDS
+    # Anthropic counts cached input apart from input_tokens; OpenAI's prompt_tokens include it.
+    fresh, output = usage.get("input_tokens"), usage.get("output_tokens")
+    read, written = usage.get("cache_read_input_tokens"), usage.get("cache_creation_input_tokens")
+    prompt = None if fresh is None else fresh + (read or 0) + (written or 0)
+    total = None if prompt is None or output is None else prompt + output
+    return ("".join(parts) if parts else None), body.get("stop_reason"), prompt, output, total, read
+
+
+def _embedding_fields(body: dict[str, Any]) -> tuple[Any, ...]:
+    data = body["data"]
+    if len(data) != 1:
+        raise ValueError(f"{len(data)} embeddings in one answer; a row sends one input")
+    vector = data[0]["embedding"]
+    if type(vector) is str:  # encoding_format="base64": little-endian float32
+        vector = np.frombuffer(base64.b64decode(vector), dtype="<f4")
+    elif type(vector) is not list:
+        raise TypeError("embedding is neither a list of numbers nor base64")
+    return (vector, *_openai_usage(body))
+
+
+def _moderation_fields(body: dict[str, Any]) -> tuple[Any, ...]:
+    result = body["results"][0]
+    if type(result["flagged"]) is not bool:
+        raise TypeError("results[0].flagged is not a boolean")
+    return result["flagged"], result, None, None, None, None  # moderations report no usage
+
+
+def _openai_usage(body: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    usage = body.get("usage") or _NO_FIELDS
+    details = usage.get("prompt_tokens_details") or _NO_FIELDS
+    return usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens"), details.get("cached_tokens")
+
+
+def _text(value: Any) -> str | None:
+    if type(value) is not str and value is not None:
+        raise TypeError("the answer's text is not a string")
+    return value
+
+
+#: Arrow type of each column a line gives; None keeps Python objects (moderation results).
+COLUMN_TYPES: dict[str, pa.DataType | None] = {
+    "status_code": pa.int16(),
+    "error_code": TEXT,
+    "error_message": TEXT,
+    "content": TEXT,
+    "finish_reason": TEXT,
+    "embedding": pa.list_(pa.float32()),
+    "flagged": pa.bool_(),
+    "moderation": None,
+    **dict.fromkeys(TOKEN_COLUMNS, pa.int64()),
+}
+#: endpoint -> (content columns, extractor bound to the lists of those columns then of TOKEN_COLUMNS).
+_EXTRACTORS: dict[str, tuple[tuple[str, ...], Callable[..., _Extract]]] = {
+    CHAT_COMPLETIONS: (TEXT_COLUMNS, _chat),
+    RESPONSES: (TEXT_COLUMNS, _appending(_responses_fields)),
+    COMPLETIONS: (TEXT_COLUMNS, _appending(_completion_fields)),
+    EMBEDDINGS: (("embedding",), _appending(_embedding_fields)),
+    MODERATIONS: (("flagged", "moderation"), _appending(_moderation_fields)),
+    ANTHROPIC_MESSAGES: (TEXT_COLUMNS, _appending(_message_fields)),
+}
+
+
+def content_columns(endpoint: str) -> tuple[str, ...]:
+    """The columns an endpoint's answers fill besides the tokens; ValueError for an unknown endpoint."""
+    try:
+        return _EXTRACTORS[endpoint][0]
+    except KeyError:
+        raise ValueError(f"endpoint {endpoint!r} is not one of {', '.join(_EXTRACTORS)}") from None
+
+
+def line_format_of(endpoint: str) -> LineFormat:
+    return "anthropic" if endpoint == ANTHROPIC_MESSAGES else "openai"
+
+
+# ---- many files as columns ---------------------------------------------------------------------
+
+
+@dataclass
+class LineTable:
+    """Every record line of a set of result files, as columns in reading order."""
+
+    custom_id: pa.Array
+    outcome: np.ndarray  # int8 index into OUTCOMES
+    file: np.ndarray  # int32 index of the file the line came from
+    #: status_code, error_code, error_message, the endpoint's content columns, TOKEN_COLUMNS.
+    columns: dict[str, pa.Array | np.ndarray]
+    corrupt: list[CorruptLine]
+
+
+def read_lines(paths: Sequence[tuple[int, Path]], endpoint: str) -> LineTable:
+    """Read ``(file index, path)`` pairs a chunk of lines at a time into one :class:`LineTable`."""
+    names = (*content_columns(endpoint), *TOKEN_COLUMNS)
+    bind = _EXTRACTORS[endpoint][1]
+    parse = _PARSERS[line_format_of(endpoint)]
+    types = {name: COLUMN_TYPES[name] for name in ("status_code", "error_code", "error_message", *names)}
+    parts: dict[str, list[Any]] = {name: [] for name in ("custom_id", "outcome", "file", *types)}
+    corrupt: list[CorruptLine] = []
+    for index, path in paths:
+        line_no = 0
+        for lines in _line_chunks(path):
+            envelope = _Envelope()
+            fields: list[list[Any]] = [[] for _ in names]
+
+            def blank(fields: list[list[Any]] = fields) -> None:
+                for values in fields:
+                    values.append(None)
+
+            line_no = parse(lines, line_no, envelope, bind(*fields), blank)
+            del lines
+            n = len(envelope.custom_id)
+            outcome = np.full(n, SUCCEEDED, dtype=np.int8)
+            error_code: pa.Array = pa.nulls(n)  # type null: no memory for the usual chunk without errors
+            error_message: pa.Array = error_code
+            if envelope.unsuccessful:
+                at, outcomes, codes, messages = (list(x) for x in zip(*envelope.unsuccessful))
+                outcome[at] = outcomes
+                error_code, error_message = _sparse(n, at, codes), _sparse(n, at, messages)
+            parts["custom_id"].append(pa.array(envelope.custom_id, TEXT))
+            parts["outcome"].append(outcome)
+            parts["file"].append(np.full(n, index, dtype=np.int32))
+            parts["status_code"].append(_to_arrow(envelope.status_code, types["status_code"]))
+            parts["error_code"].append(error_code)
+            parts["error_message"].append(error_message)
+            for name, values in zip(names, fields, strict=True):
+                parts[name].append(_to_arrow(values, types[name]))
+            corrupt += [_corrupt_line(path, n, raw, exc) for n, raw, exc in envelope.corrupt]
+    # Each column's chunks are let go as soon as it is whole: at most one column is held twice.
+    return LineTable(
+        custom_id=_concat(parts.pop("custom_id"), TEXT),
+        outcome=_concat(parts.pop("outcome"), np.int8),
+        file=_concat(parts.pop("file"), np.int32),
+        columns={name: _concat(parts.pop(name), types[name]) for name in list(parts)},
+        corrupt=corrupt,
+    )
+
+
+def _sparse(n: int, at: list[int], values: list[str | None]) -> pa.Array:
+    full: list[str | None] = [None] * n
+    for i, value in zip(at, values):
+        full[i] = value
+    return pa.array(full, TEXT)
+
+
+def _to_arrow(values: list[Any], type_: pa.DataType | None) -> pa.Array | np.ndarray:
+    if type_ is None:
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array
+    try:
+        return pa.array(values, type_)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        # Rare: a provider wrote a field (a token count, a finish reason) with an odd type. The row
+        # keeps its answer; that field alone becomes null.
+        return pa.array([value if _converts(value, type_) else None for value in values], type_)
+
+
+def _converts(value: Any, type_: pa.DataType) -> bool:
+    try:
+        pa.array([value], type_)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _concat(chunks: list[Any], type_: Any) -> Any:
+    if isinstance(type_, pa.DataType):
+        if any(c.type != type_ for c in chunks):  # null-typed chunks (error columns without errors)
+            if all(c.type == pa.null() for c in chunks):
+                return pa.nulls(sum(len(c) for c in chunks))
+            chunks = [c.cast(type_) for c in chunks]
+        return pa.concat_arrays(chunks) if chunks else pa.array([], type_)
+    return np.concatenate(chunks) if chunks else np.empty(0, dtype=type_ or object)

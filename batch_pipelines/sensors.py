@@ -1,0 +1,372 @@
+"""The polling sensor, and the event-log records it reads.
+
+Batches take hours, so no run waits for them. ``<name>_batch`` records the batches it submitted in
+its materialization metadata (:data:`BATCHES_KEY`); ``<name>_results`` records the follow-up
+batches it submits for retried rows, and cancellations, as observations on itself
+(:data:`CONTROL_KEY`). The sensor reads both streams from the storage ids kept in its cursor, so a
+tick costs two bounded event-log queries however many partitions are in flight.
+
+A *round* is everything that happened to one partition since its latest ``<name>_batch``
+materialization: the first attempt's batches and each retry's. The sensor tracks the batches of
+each round's latest attempt in its cursor, polls the due ones concurrently within a time budget
+(least recently polled first, the rest carried to the next tick), records progress as
+observations on ``<name>_batch``, and requests one ``<name>_results`` run when every batch of the
+attempt is terminal. A batch whose poll fails stays in flight with a growing delay; it never
+stops the others.
+"""
+
+import hashlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from batch_pipelines.providers import TERMINAL_STATUSES, Batch, BatchProvider
+
+__all__ = [
+    "BATCHES_KEY",
+    "CONTROL_KEY",
+    "ROUND_KEY",
+    "Round",
+    "SubmittedBatch",
+    "batches_metadata",
+    "build_batch_sensor",
+    "control_metadata",
+    "load_round",
+    "poll_batches",
+    "read_batches",
+]
+
+#: Metadata key of the machine-readable list of batches a materialization or observation submitted.
+BATCHES_KEY = "batch_pipelines/batches"
+#: Metadata key saying what a control observation on ``<name>_results`` records: "retry" or "cancel".
+CONTROL_KEY = "batch_pipelines/control"
+#: Metadata key of the round (storage id of the ``<name>_batch`` materialization) a control record belongs to.
+ROUND_KEY = "batch_pipelines/round"
+
+_TERMINAL = frozenset(str(s) for s in TERMINAL_STATUSES)
+#: Event records read per query and tick; more wait for the next tick.
+_PAGE = 1000
+
+
+class SubmittedBatch(BaseModel):
+    """One batch as Dagster records it: which shard of which attempt it runs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    shard: int
+    fingerprint: str
+    attempt: int
+
+
+def batches_metadata(batches: Iterable[SubmittedBatch]) -> dg.MetadataValue:
+    return dg.MetadataValue.json([b.model_dump() for b in batches])
+
+
+def read_batches(metadata: Mapping[str, Any]) -> list[SubmittedBatch]:
+    """The batches recorded under :data:`BATCHES_KEY` in an event's metadata (none if absent)."""
+    value = metadata.get(BATCHES_KEY)
+    data = getattr(value, "value", value) or []
+    return [SubmittedBatch.model_validate(item) for item in data]
+
+
+# ---- rounds: what the results asset reads ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Round:
+    """A partition's batches since its latest ``<name>_batch`` materialization."""
+
+    partition: str | None
+    #: Storage id of the ``<name>_batch`` materialization that opened the round.
+    storage_id: int
+    batches: tuple[SubmittedBatch, ...]
+    #: A cancellation was recorded in this round: cancelled rows are not retried.
+    cancelled: bool
+
+    @property
+    def attempt(self) -> int:
+        return max((b.attempt for b in self.batches), default=1)
+
+
+def load_round(
+    instance: dg.DagsterInstance, batch_key: dg.AssetKey, results_key: dg.AssetKey, partition: str | None
+) -> Round | None:
+    """The current round of ``partition`` from the event log (two queries), None if never submitted."""
+    partitions = [partition] if partition is not None else None
+    latest = instance.fetch_materializations(dg.AssetRecordsFilter(batch_key, asset_partitions=partitions), limit=1).records
+    if not latest:
+        return None
+    opened = latest[0]
+    batches = read_batches(opened.asset_materialization.metadata)  # type: ignore[union-attr]
+    cancelled = False
+    after = opened.storage_id
+    while True:
+        page = instance.fetch_observations(
+            dg.AssetRecordsFilter(results_key, asset_partitions=partitions, after_storage_id=after), limit=_PAGE, ascending=True
+        ).records
+        for record in page:
+            metadata = record.asset_observation.metadata  # type: ignore[union-attr]
+            if _int(metadata.get(ROUND_KEY)) != opened.storage_id:
+                continue
+            kind = _text(metadata.get(CONTROL_KEY))
+            if kind == "retry":
+                batches += read_batches(metadata)
+            elif kind == "cancel":
+                cancelled = True
+        if len(page) < _PAGE:
+            break
+        after = page[-1].storage_id
+    return Round(partition, opened.storage_id, tuple(batches), cancelled)
+
+
+def control_metadata(kind: Literal["retry", "cancel"], round_id: int, batches: Sequence[SubmittedBatch] = ()) -> dict[str, Any]:
+    """Metadata of a control observation on ``<name>_results``."""
+    return {CONTROL_KEY: kind, ROUND_KEY: dg.MetadataValue.int(round_id), BATCHES_KEY: batches_metadata(batches)}
+
+
+def _int(value: Any) -> int | None:
+    value = getattr(value, "value", value)
+    return int(value) if value is not None else None
+
+
+def _text(value: Any) -> str | None:
+    value = getattr(value, "value", value)
+    return str(value) if value is not None else None
+
+
+# ---- polling ------------------------------------------------------------------------------------------
+
+
+def poll_batches(
+    provider: BatchProvider, batch_ids: Sequence[str], *, max_workers: int, deadline: float
+) -> dict[str, Batch | Exception]:
+    """Retrieve batches concurrently until ``deadline`` (``time.monotonic()``).
+
+    Returns what came back in time: the batch, or the exception its retrieve raised. Ids missing
+    from the answer were not polled in time (still queued when the deadline passed).
+    """
+    if not batch_ids:
+        return {}
+
+    def retrieve(batch_id: str) -> Batch | Exception | None:
+        if time.monotonic() >= deadline:
+            return None
+        try:
+            return provider.retrieve_batch(batch_id)
+        except Exception as exc:  # noqa: BLE001 - one batch's failure is reported, not raised
+            return exc
+
+    pool = ThreadPoolExecutor(max_workers=min(max_workers, len(batch_ids)), thread_name_prefix="batch-poll")
+    futures = {pool.submit(retrieve, batch_id): batch_id for batch_id in batch_ids}
+    done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+    # Queued polls are dropped; running ones finish in the background and are ignored.
+    pool.shutdown(wait=False, cancel_futures=True)
+    answers = {futures[f]: f.result() for f in done if not f.cancelled()}
+    return {batch_id: answer for batch_id, answer in answers.items() if answer is not None}
+
+
+# ---- the sensor -------------------------------------------------------------------------------------
+
+
+class _Tracked(BaseModel):
+    """A batch in flight, as the cursor remembers it."""
+
+    id: str
+    status: str = "validating"
+    completed: int = 0
+    failed: int = 0
+    total: int = 0
+    #: time.time() when first seen (for the growing poll delay), last polled, next due.
+    seen_at: float
+    polled_at: float = 0.0
+    due_at: float = 0.0
+    #: Consecutive polls that raised.
+    errors: int = 0
+
+
+class _Group(BaseModel):
+    """The batches of one attempt of one partition's round."""
+
+    partition: str | None
+    round: int
+    attempt: int
+    batches: list[_Tracked]
+
+    @property
+    def done(self) -> bool:
+        return all(b.status in _TERMINAL for b in self.batches)
+
+
+class _Cursor(BaseModel):
+    #: Storage ids of the last ``<name>_batch`` materialization and ``<name>_results`` observation read.
+    after_batch: int | None = None
+    after_control: int | None = None
+    groups: list[_Group] = Field(default_factory=list)
+
+    @classmethod
+    def load(cls, raw: str | None) -> "_Cursor":
+        if not raw:
+            return cls()
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ValueError(f"unreadable batch sensor cursor (reset it from the UI to start over): {exc}") from None
+
+
+def build_batch_sensor(
+    *,
+    name: str,
+    batch_key: dg.AssetKey,
+    results_key: dg.AssetKey,
+    resource_key: str = "batch_provider",
+    minimum_interval_seconds: int = 30,
+    tick_budget_seconds: float = 30.0,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> dg.SensorDefinition:
+    """The sensor ``<name>_sensor``: polls every in-flight batch of the pipeline ``name``.
+
+    ``tick_budget_seconds`` bounds the time spent polling in one tick (keep it under the sensor
+    timeout of your deployment, 60 s by default); batches not polled in time go first next tick.
+    """
+
+    @dg.sensor(
+        name=f"{name}_sensor",
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        target=[results_key],
+        required_resource_keys={resource_key},
+        description=f"Polls the batches of {name} and launches {results_key.to_user_string()} when a partition's batches are done.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        resource = getattr(context.resources, resource_key)
+        started = time.monotonic()
+        cursor = _Cursor.load(context.cursor)
+        _read_new_rounds(context.instance, cursor, batch_key, results_key)
+
+        now = time.time()
+        tracked = {b.id: b for g in cursor.groups for b in g.batches if b.status not in _TERMINAL}
+        due = sorted((b for b in tracked.values() if b.due_at <= now), key=lambda b: b.polled_at)
+        changed: set[str] = set()
+        if due:
+            with resource.get_provider() as provider:
+                polled = poll_batches(
+                    provider,
+                    [b.id for b in due],
+                    max_workers=resource.max_concurrent_polls,
+                    deadline=started + tick_budget_seconds,
+                )
+            now = time.time()
+            for batch_id, answer in polled.items():
+                entry = tracked[batch_id]
+                entry.polled_at = now
+                if isinstance(answer, Exception):
+                    entry.errors += 1
+                    context.log.warning(f"polling batch {batch_id} failed ({entry.errors} in a row): {answer}")
+                else:
+                    entry.errors = 0
+                    if _update(entry, answer):
+                        changed.add(batch_id)
+                entry.due_at = now + resource.poll_delay(now - entry.seen_at, entry.errors)
+            carried = len(due) - len(polled)
+            if carried:
+                context.log.info(f"{carried} of {len(due)} due batches not polled within {tick_budget_seconds}s; polled first next tick")
+
+        events: list[dg.AssetObservation] = []
+        runs: list[dg.RunRequest] = []
+        remaining: list[_Group] = []
+        for group in cursor.groups:
+            if any(b.id in changed for b in group.batches):
+                events.append(_progress(batch_key, group))
+            if group.done:
+                runs.append(_results_run(name, results_key, group))
+            else:
+                remaining.append(group)
+        cursor.groups = remaining
+        return dg.SensorResult(run_requests=runs, asset_events=events, cursor=cursor.model_dump_json(exclude_defaults=True))
+
+    return _sensor
+
+
+def _read_new_rounds(instance: dg.DagsterInstance, cursor: _Cursor, batch_key: dg.AssetKey, results_key: dg.AssetKey) -> None:
+    """Add the batches recorded since the cursor's storage ids (one page of each stream per tick)."""
+    now = time.time()
+    submitted = instance.fetch_materializations(
+        dg.AssetRecordsFilter(batch_key, after_storage_id=cursor.after_batch), limit=_PAGE, ascending=True
+    ).records
+    for record in submitted:
+        # A new materialization opens a new round: the partition's older groups are superseded.
+        partition = record.partition_key
+        cursor.groups = [g for g in cursor.groups if g.partition != partition]
+        batches = read_batches(record.asset_materialization.metadata)  # type: ignore[union-attr]
+        cursor.groups.append(_group(partition, record.storage_id, 1, batches, now))
+        cursor.after_batch = record.storage_id
+
+    controls = instance.fetch_observations(
+        dg.AssetRecordsFilter(results_key, after_storage_id=cursor.after_control), limit=_PAGE, ascending=True
+    ).records
+    for record in controls:
+        cursor.after_control = record.storage_id
+        metadata = record.asset_observation.metadata  # type: ignore[union-attr]
+        round_id = _int(metadata.get(ROUND_KEY))
+        if _text(metadata.get(CONTROL_KEY)) != "retry" or round_id is None:
+            continue
+        partition = record.partition_key
+        if any(g.partition == partition and g.round > round_id for g in cursor.groups):
+            continue  # a newer round of this partition started since
+        batches = read_batches(metadata)
+        attempt = max((b.attempt for b in batches), default=1)
+        cursor.groups = [g for g in cursor.groups if not (g.partition == partition and g.round == round_id and g.attempt >= attempt)]
+        cursor.groups.append(_group(partition, round_id, attempt, batches, now))
+
+
+def _group(partition: str | None, round_id: int, attempt: int, batches: Sequence[SubmittedBatch], now: float) -> _Group:
+    return _Group(
+        partition=partition,
+        round=round_id,
+        attempt=attempt,
+        batches=[_Tracked(id=b.batch_id, seen_at=now) for b in batches],
+    )
+
+
+def _update(entry: _Tracked, batch: Batch) -> bool:
+    """Copy a polled batch's state into the cursor entry; whether anything changed."""
+    before = (entry.status, entry.completed, entry.failed, entry.total)
+    counts = batch.request_counts
+    entry.status, entry.completed, entry.failed, entry.total = str(batch.status), counts.completed, counts.failed, counts.total
+    return before != (entry.status, entry.completed, entry.failed, entry.total)
+
+
+def _progress(batch_key: dg.AssetKey, group: _Group) -> dg.AssetObservation:
+    """Progress of one partition's attempt: numbers Dagster plots over time on the asset page."""
+    batches = group.batches
+    open_statuses = [b.status for b in batches if b.status not in _TERMINAL]
+    return dg.AssetObservation(
+        asset_key=batch_key,
+        partition=group.partition,
+        metadata={
+            "status": open_statuses[0] if open_statuses else "done",
+            "attempt": dg.MetadataValue.int(group.attempt),
+            "completed": dg.MetadataValue.int(sum(b.completed for b in batches)),
+            "failed": dg.MetadataValue.int(sum(b.failed for b in batches)),
+            "total": dg.MetadataValue.int(sum(b.total for b in batches)),
+            "batches": dg.MetadataValue.int(len(batches)),
+            "batches_terminal": dg.MetadataValue.int(len(batches) - len(open_statuses)),
+        },
+    )
+
+
+def _results_run(name: str, results_key: dg.AssetKey, group: _Group) -> dg.RunRequest:
+    ids = hashlib.sha256(",".join(sorted(b.id for b in group.batches)).encode()).hexdigest()[:12]
+    partition = group.partition or "all"
+    return dg.RunRequest(
+        run_key=f"{name}:{partition}:round{group.round}:attempt{group.attempt}:{ids}",
+        partition_key=group.partition,
+        asset_selection=[results_key],
+        tags={"batch_pipelines/pipeline": name, "batch_pipelines/attempt": str(group.attempt)},
+    )
