@@ -3,7 +3,7 @@
 ``batch-pipelines serve`` runs the local batch service: an OpenAI-compatible Files + Batches API
 on this machine (see ``batch_pipelines.local_service``)::
 
-    batch-pipelines serve --port 8765 --data-dir .local_batches --profile moonshot \
+    batch-pipelines serve --port 8787 --data-dir .local_service --profile moonshot \
         --speed realistic --api-key sk-local
 
 The API key may also come from the environment variable ``BATCH_PIPELINES_LOCAL_API_KEY``; with
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
 
     serve = commands.add_parser("serve", help="run the local OpenAI-compatible batch service")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 picks a free one)")
-    serve.add_argument("--data-dir", type=Path, default=Path(".local_batches"), help="where state and files live")
+    serve.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787; 0 picks a free one)")
+    serve.add_argument("--data-dir", type=Path, default=Path(".local_service"), help="where state and files live")
     serve.add_argument("--profile", choices=sorted(PROFILES), default="openai", help="provider to pose as")
     serve.add_argument("--speed", choices=["instant", "realistic"], default="instant", help="processing pace")
     serve.add_argument(

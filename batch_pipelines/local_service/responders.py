@@ -310,7 +310,7 @@ def _instance(schema: Any, root: Mapping[str, Any], pick: int, depth: int) -> An
     if kind == "string":
         return _string(schema)
     if kind in ("integer", "number"):
-        return _number(schema, integer=kind == "integer")
+        return _number(schema, pick, integer=kind == "integer")
     if kind == "boolean":
         return pick % 2 == 0
     return None
@@ -345,15 +345,23 @@ def _string(schema: Mapping[str, Any]) -> str:
     return value
 
 
-def _number(schema: Mapping[str, Any], *, integer: bool) -> int | float:
+def _number(schema: Mapping[str, Any], pick: int, *, integer: bool) -> int | float:
     low = schema.get("minimum", schema.get("exclusiveMinimum"))
     high = schema.get("maximum", schema.get("exclusiveMaximum"))
+    step = schema.get("multipleOf")
+    if low is not None and high is not None and not step:
+        # Both bounds (a confidence in 0..1, a rating in 1..5): spread answers over the range by
+        # ``pick``, staying clear of exclusive bounds, so results look like a model's.
+        if integer:
+            first = math.floor(low) + 1 if "exclusiveMinimum" in schema and "minimum" not in schema else math.ceil(low)
+            last = math.ceil(high) - 1 if "exclusiveMaximum" in schema and "maximum" not in schema else math.floor(high)
+            return first + pick % max(last - first + 1, 1)
+        return low + (high - low) * (1 + pick % 99) / 100
     value: float = 0
     if low is not None:
         value = low + (1 if "exclusiveMinimum" in schema and "minimum" not in schema else 0)
     elif high is not None and value >= high:
         value = high - 1
-    step = schema.get("multipleOf")
     if step:
         value = math.ceil(value / step) * step
     return int(math.ceil(value)) if integer else float(value)

@@ -89,6 +89,21 @@ def test_enum_choice_depends_on_the_prompt_deterministically():
     assert schema_instance(schema, pick=5) == schema_instance(schema, pick=5)
 
 
+def test_bounded_numbers_spread_over_their_range():
+    schema = {
+        "type": "object",
+        "properties": {
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+            "open": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        },
+        "required": ["confidence", "stars", "open"],
+    }
+    answers = [schema_instance(schema, pick=pick) for pick in range(200)]
+    assert all(0 <= a["confidence"] <= 1 and 1 <= a["stars"] <= 5 and 0 < a["open"] < 1 for a in answers)
+    assert len({a["confidence"] for a in answers}) > 50 and {a["stars"] for a in answers} == {1, 2, 3, 4, 5}
+
+
 def test_responses_text_format_json_schema():
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 3}}, "required": ["ok", "n"]}
     body = _respond("/v1/responses", {"model": "m", "input": "q", "text": {"format": {"type": "json_schema", "name": "x", "schema": schema}}})
