@@ -239,7 +239,8 @@ def build_batch_sensor(
         name=f"{name}_sensor",
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
-        target=[results_key],
+        # A named job, so the results runs read "<name>_results_job" in the UI, not an anonymous one.
+        job=dg.define_asset_job(f"{name}_results_job", selection=[results_key]),
         required_resource_keys={resource_key},
         description=f"Polls the batches of {name} and launches {results_key.to_user_string()} when a partition's batches are done.",
     )
