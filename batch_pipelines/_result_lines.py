@@ -3,12 +3,12 @@
 A parser per line format (OpenAI's ``response``/``error`` lines, Anthropic's ``result.type``
 lines) normalizes each line's envelope: its custom_id, HTTP status and, for a line without a
 usable answer, its outcome, error code and message. A succeeded line's body goes to the endpoint's
-extractor, which appends the fields the join needs (content, finish reason, tokens) to plain
-column lists. Every chunk of lines becomes Arrow/NumPy arrays before the next one is read, so no
-dict per line is kept and memory stays bounded by a chunk plus the columns themselves.
+reader, a function returning the fields the join needs (content, finish reason, tokens) as a
+tuple, which lands in one flat list. Every chunk of lines becomes Arrow/NumPy arrays before the
+next one is read, so no dict per line is kept and memory stays bounded by a chunk plus the columns.
 
 New formats and endpoints plug in without touching the join: a parser filling an
-:class:`_Envelope`, an extractor naming its columns.
+:class:`_Envelope`, a reader with the names of its columns.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ ANTHROPIC_MESSAGES = "/v1/messages"
 
 TEXT_COLUMNS = ("content", "finish_reason")
 TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
-TEXT = pa.large_string()  # what pandas' str dtype holds: no cast later
+TEXT = pa.large_string()  # what pandas' str dtype holds
+# Line-level columns are held whole until the join knows each line's row: the narrow types keep
+# them small (4-byte string offsets, 4-byte token counts); the join widens what it keeps.
+_LINE_TEXT = pa.string()
 
 _CHUNK_BYTES = 4 << 20  # lines read and converted at once: bounds the Python objects alive
 _loads = orjson.loads
@@ -85,24 +88,23 @@ def iter_result_lines(path: Path, *, line_format: LineFormat = "openai") -> Iter
     parse = _PARSERS[line_format]
     line_no = 0
     for lines in _line_chunks(Path(path)):
-        envelope = _Envelope()
-        bodies: list[Any] = []
-
-        def keep(body: Any, bodies: list[Any] = bodies) -> None:
-            if type(body) is not dict:
-                raise TypeError("the body is not an object")  # as the join's extractors would
-            bodies.append(body)
-
-        first, line_no = line_no + 1, parse(lines, line_no, envelope, keep, lambda: bodies.append(None))
+        envelope = _Envelope(width=1)
+        first, line_no = line_no + 1, parse(lines, line_no, envelope, _whole_body)
         skipped = {n for n, _, _ in envelope.corrupt} | set(envelope.blank)
         numbers = (n for n in range(first, line_no + 1) if n not in skipped)
         unsuccessful = {i: rest for i, *rest in envelope.unsuccessful}
-        records = zip(numbers, envelope.custom_id, envelope.status_code, bodies, strict=True)
+        records = zip(numbers, envelope.custom_id, envelope.status_code, envelope.fields, strict=True)
         for i, (n, cid, status, body) in enumerate(records):
             outcome, code, message = unsuccessful.get(i, (SUCCEEDED, None, None))
             yield ResultLine(n, cid, OUTCOMES[outcome], status, code, message, body)
         for n, raw, exc in envelope.corrupt:
             yield _corrupt_line(path, n, raw, exc)
+
+
+def _whole_body(body: Any) -> tuple[dict[str, Any]]:
+    if type(body) is not dict:
+        raise TypeError("the body is not an object")  # as the join's readers would
+    return (body,)
 
 
 def _line_chunks(path: Path) -> Iterator[list[bytes]]:
@@ -115,24 +117,28 @@ def _line_chunks(path: Path) -> Iterator[list[bytes]]:
 
 
 class _Envelope:
-    """What every line format has, for one chunk of lines.
+    """What the lines of one chunk hold, in a few flat lists.
 
-    A list per field every record has; what only unsuccessful records have is kept sparse, as
-    ``(record index, outcome, error code, error message)``: most lines succeed, and each value kept
-    per line costs time in the hot loop and again when it becomes an array. Line numbers are kept
-    only for lines that are not records (corrupt, blank); the records fill the rest in order.
+    A list per field every record has, and ``fields``: the endpoint reader's values of every
+    record back to back, ``width`` per record (one ``extend`` per line instead of an append per
+    field). What only unsuccessful records have is kept sparse, as ``(record index, outcome, error
+    code, error message)``: most lines succeed, and each value kept per line costs time in the hot
+    loop and again when it becomes an array. Line numbers are kept only for lines that are not
+    records (corrupt, blank); the records fill the rest in order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, width: int) -> None:
         self.custom_id: list[str] = []
         self.status_code: list[int | None] = []
+        self.fields: list[Any] = []
         self.unsuccessful: list[tuple[int, int, str | None, str | None]] = []
         self.corrupt: list[tuple[int, bytes, Exception]] = []
         self.blank: list[int] = []
+        self._nothing = (None,) * width
 
-    def fail(self, custom_id: str, status: int | None, failure: _Failure, blank: _Blank) -> None:
-        """A record without a usable answer: blank content, and why."""
-        blank()
+    def fail(self, custom_id: str, status: int | None, failure: _Failure) -> None:
+        """A record without a usable answer: no fields, and why."""
+        self.fields.extend(self._nothing)
         self.unsuccessful.append((len(self.custom_id), *failure))
         self.custom_id.append(custom_id)
         self.status_code.append(status)
@@ -144,53 +150,53 @@ class _Envelope:
             self.blank.append(line_no)
 
 
-_Extract = Callable[[Any], None]
-_Blank = Callable[[], None]
+_Read = Callable[[Any], tuple[Any, ...]]
 _Failure = tuple[int, str | None, str | None]  # outcome, error code, error message
-# A body whose shape surprises an extractor: that line is an invalid_output, not a crash.
+# A body whose shape surprises a reader: that line is an invalid_output, not a crash.
 _BODY_ERRORS = (LookupError, TypeError, AttributeError, ValueError)
 _LINE_ERRORS = (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError)
 _END_OUTCOMES = {"batch_expired": EXPIRED, "batch_cancelled": CANCELLED}
 
 
-def _parse_openai(lines: list[bytes], line_no: int, out: _Envelope, extract: _Extract, blank: _Blank) -> int:
+def _parse_openai(lines: list[bytes], line_no: int, out: _Envelope, read: _Read) -> int:
     """OpenAI-style lines: ``{id, custom_id, response: {status_code, request_id, body} | null, error}``.
 
     HTTP failures carry ``response.status_code >= 400`` and ``response.body.error``; failures with
     no HTTP answer carry ``error.code`` (batch_expired, batch_cancelled, request_timeout...).
     Classification reads the line, not the file it came from.
     """
-    # Bound methods in locals and the success path inline: this loop runs once per result line.
-    add_id, add_status = out.custom_id.append, out.status_code.append
-    failure: _Failure | None
+    # Bound methods in locals and the success path first and inline: this loop runs once per line.
+    loads, add_id, add_status, add_fields = _loads, out.custom_id.append, out.status_code.append, out.fields.extend
+    failure: _Failure
     for raw in lines:
         line_no += 1
         try:
-            record = _loads(raw)
+            record = loads(raw)
             custom_id = record["custom_id"]
             if type(custom_id) is not str:
                 raise TypeError("custom_id is not a string")
             response = record.get("response")
-            if response is None:
-                status, body = None, None
-                code, message = _error_fields(record["error"])
-                failure = (_END_OUTCOMES.get(code, FAILED), code, message)
-            else:
+            if response is not None:
                 status = response["status_code"]
                 body = response.get("body")
-                failure = None if 200 <= status < 300 else (FAILED, *_error_fields(_error_of(body)))
+                if 200 <= status < 300:
+                    try:
+                        add_fields(read(body))
+                        add_id(custom_id)
+                        add_status(status)
+                        continue
+                    except _BODY_ERRORS as exc:
+                        failure = _not_understood(body, exc)
+                else:
+                    failure = (FAILED, *_http_error(body))
+            else:
+                status = None
+                code, message = _error_fields(record["error"])
+                failure = (_END_OUTCOMES.get(code, FAILED), code, message)
         except _LINE_ERRORS as exc:
             out.skip(line_no, raw, exc)
             continue
-        if failure is None:
-            try:
-                extract(body)
-                add_id(custom_id)
-                add_status(status)
-                continue
-            except _BODY_ERRORS as exc:
-                failure = _not_understood(body, exc)
-        out.fail(custom_id, status, failure, blank)
+        out.fail(custom_id, status, failure)
     return line_no
 
 
@@ -207,7 +213,7 @@ _ANTHROPIC_STATUS = {
 }
 
 
-def _parse_anthropic(lines: list[bytes], line_no: int, out: _Envelope, extract: _Extract, blank: _Blank) -> int:
+def _parse_anthropic(lines: list[bytes], line_no: int, out: _Envelope, read: _Read) -> int:
     """Anthropic Message Batches lines: ``{custom_id, result: {type: succeeded|errored|canceled|expired}}``.
 
     Canceled and expired results get OpenAI's codes (batch_cancelled, batch_expired) and errored
@@ -241,24 +247,28 @@ def _parse_anthropic(lines: list[bytes], line_no: int, out: _Envelope, extract: 
             continue
         if failure is None:
             try:
-                extract(body)
+                out.fields.extend(read(body))
                 out.custom_id.append(custom_id)
                 out.status_code.append(status)
                 continue
             except _BODY_ERRORS as exc:
                 failure = _not_understood(body, exc)
-        out.fail(custom_id, status, failure, blank)
+        out.fail(custom_id, status, failure)
     return line_no
 
 
-_PARSERS: dict[str, Callable[[list[bytes], int, _Envelope, _Extract, _Blank], int]] = {
+_PARSERS: dict[str, Callable[[list[bytes], int, _Envelope, _Read], int]] = {
     "openai": _parse_openai,
     "anthropic": _parse_anthropic,
 }
 
 
-def _error_of(body: Any) -> Any:
-    return body.get("error") if type(body) is dict else None
+def _http_error(body: Any) -> tuple[str | None, str | None]:
+    """(code, message) of an HTTP failure; its status says enough when the body holds no error object."""
+    error = body.get("error") if type(body) is dict else None
+    if type(error) is dict:
+        return _error_fields(error)
+    return None, f"no error object in the answer: {str(body)[:200]}"
 
 
 def _error_fields(error: Any) -> tuple[str | None, str | None]:
@@ -289,47 +299,26 @@ def _corrupt_line(path: Path | str, line_no: int, raw: bytes, exc: Exception) ->
 
 
 # ---- what each endpoint's bodies hold ----------------------------------------------------------
-# An extractor is bound to the lists of its columns (its content columns, then TOKEN_COLUMNS) and
-# called with each succeeded body. It reads every field before appending any, so a body it does
-# not understand raises with the columns still in step (the line then gets blanks).
+# A reader takes a succeeded body and returns the values of its columns: the endpoint's content
+# columns, then TOKEN_COLUMNS. A body it does not understand raises (the line then has no fields).
 
 
-def _chat(content: list, finish: list, prompt: list, completion: list, total: list, cached: list) -> _Extract:
-    # Written out rather than built on _appending: it is the hot path of the common case.
-    add_content, add_finish = content.append, finish.append
-    add_prompt, add_completion, add_total, add_cached = prompt.append, completion.append, total.append, cached.append
-
-    def extract(body: Any) -> None:
-        choice = body["choices"][0]
-        text = choice["message"]["content"]
-        if type(text) is not str and text is not None:
-            raise TypeError("message.content is not text")
-        reason = choice.get("finish_reason")
-        usage = body.get("usage") or _NO_FIELDS
-        cached_tokens = (usage.get("prompt_tokens_details") or _NO_FIELDS).get("cached_tokens")
-        add_content(text)
-        add_finish(reason)
-        add_prompt(usage.get("prompt_tokens"))
-        add_completion(usage.get("completion_tokens"))
-        add_total(usage.get("total_tokens"))
-        add_cached(cached_tokens)
-
-    return extract
-
-
-def _appending(read: Callable[[dict[str, Any]], tuple[Any, ...]]) -> Callable[..., _Extract]:
-    """An extractor from ``read(body)``, which returns the values of the columns in order."""
-
-    def bind(*columns: list) -> _Extract:
-        adds = [column.append for column in columns]
-
-        def extract(body: Any) -> None:
-            for add, value in zip(adds, read(body), strict=True):
-                add(value)
-
-        return extract
-
-    return bind
+def _chat_fields(body: dict[str, Any]) -> tuple[Any, ...]:
+    # The hot path of the common case: written out, no helper calls.
+    choice = body["choices"][0]
+    text = choice["message"]["content"]
+    if type(text) is not str and text is not None:
+        raise TypeError("message.content is not text")
+    usage = body.get("usage") or _NO_FIELDS
+    details = usage.get("prompt_tokens_details") or _NO_FIELDS
+    return (
+        text,
+        choice.get("finish_reason"),
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+        usage.get("total_tokens"),
+        details.get("cached_tokens"),
+    )
 
 
 def _completion_fields(body: dict[str, Any]) -> tuple[Any, ...]:
@@ -396,33 +385,34 @@ def _text(value: Any) -> str | None:
 
 #: Arrow type of each column a line gives; None keeps Python objects (moderation results).
 COLUMN_TYPES: dict[str, pa.DataType | None] = {
+    "custom_id": _LINE_TEXT,
     "status_code": pa.int16(),
-    "error_code": TEXT,
-    "error_message": TEXT,
-    "content": TEXT,
-    "finish_reason": TEXT,
+    "error_code": _LINE_TEXT,
+    "error_message": _LINE_TEXT,
+    "content": _LINE_TEXT,
+    "finish_reason": _LINE_TEXT,
     "embedding": pa.list_(pa.float32()),
     "flagged": pa.bool_(),
     "moderation": None,
-    **dict.fromkeys(TOKEN_COLUMNS, pa.int64()),
+    **dict.fromkeys(TOKEN_COLUMNS, pa.int32()),
 }
-#: endpoint -> (content columns, extractor bound to the lists of those columns then of TOKEN_COLUMNS).
-_EXTRACTORS: dict[str, tuple[tuple[str, ...], Callable[..., _Extract]]] = {
-    CHAT_COMPLETIONS: (TEXT_COLUMNS, _chat),
-    RESPONSES: (TEXT_COLUMNS, _appending(_responses_fields)),
-    COMPLETIONS: (TEXT_COLUMNS, _appending(_completion_fields)),
-    EMBEDDINGS: (("embedding",), _appending(_embedding_fields)),
-    MODERATIONS: (("flagged", "moderation"), _appending(_moderation_fields)),
-    ANTHROPIC_MESSAGES: (TEXT_COLUMNS, _appending(_message_fields)),
+#: endpoint -> (content columns, reader returning their values then those of TOKEN_COLUMNS).
+_READERS: dict[str, tuple[tuple[str, ...], _Read]] = {
+    CHAT_COMPLETIONS: (TEXT_COLUMNS, _chat_fields),
+    RESPONSES: (TEXT_COLUMNS, _responses_fields),
+    COMPLETIONS: (TEXT_COLUMNS, _completion_fields),
+    EMBEDDINGS: (("embedding",), _embedding_fields),
+    MODERATIONS: (("flagged", "moderation"), _moderation_fields),
+    ANTHROPIC_MESSAGES: (TEXT_COLUMNS, _message_fields),
 }
 
 
 def content_columns(endpoint: str) -> tuple[str, ...]:
     """The columns an endpoint's answers fill besides the tokens; ValueError for an unknown endpoint."""
     try:
-        return _EXTRACTORS[endpoint][0]
+        return _READERS[endpoint][0]
     except KeyError:
-        raise ValueError(f"endpoint {endpoint!r} is not one of {', '.join(_EXTRACTORS)}") from None
+        raise ValueError(f"endpoint {endpoint!r} is not one of {', '.join(_READERS)}") from None
 
 
 def line_format_of(endpoint: str) -> LineFormat:
@@ -436,35 +426,38 @@ def line_format_of(endpoint: str) -> LineFormat:
 class LineTable:
     """Every record line of a set of result files, as columns in reading order."""
 
-    custom_id: pa.Array
     outcome: np.ndarray  # int8 index into OUTCOMES
-    file: np.ndarray  # int32 index of the file the line came from
-    #: status_code, error_code, error_message, the endpoint's content columns, TOKEN_COLUMNS.
+    #: custom_id, status_code, error_code, error_message, the endpoint's content columns, TOKEN_COLUMNS
+    #: (Arrow arrays; Python objects in NumPy).
     columns: dict[str, pa.Array | np.ndarray]
     corrupt: list[CorruptLine]
+    #: Index of the first line of each path read, and the file index given with that path.
+    starts: np.ndarray
+    path_files: np.ndarray
+
+    def file_of(self, lines: np.ndarray) -> np.ndarray:
+        """The file index each of ``lines`` came from."""
+        return self.path_files[np.searchsorted(self.starts, lines, side="right") - 1]
 
 
 def read_lines(paths: Sequence[tuple[int, Path]], endpoint: str) -> LineTable:
     """Read ``(file index, path)`` pairs a chunk of lines at a time into one :class:`LineTable`."""
     names = (*content_columns(endpoint), *TOKEN_COLUMNS)
-    bind = _EXTRACTORS[endpoint][1]
+    read = _READERS[endpoint][1]
     parse = _PARSERS[line_format_of(endpoint)]
-    types = {name: COLUMN_TYPES[name] for name in ("status_code", "error_code", "error_message", *names)}
-    parts: dict[str, list[Any]] = {name: [] for name in ("custom_id", "outcome", "file", *types)}
+    types = {name: COLUMN_TYPES[name] for name in ("custom_id", "status_code", "error_code", "error_message", *names)}
+    parts: dict[str, list[Any]] = {name: [] for name in ("outcome", *types)}
     corrupt: list[CorruptLine] = []
-    for index, path in paths:
+    starts, read_so_far = [], 0
+    for _, path in paths:
+        starts.append(read_so_far)
         line_no = 0
         for lines in _line_chunks(path):
-            envelope = _Envelope()
-            fields: list[list[Any]] = [[] for _ in names]
-
-            def blank(fields: list[list[Any]] = fields) -> None:
-                for values in fields:
-                    values.append(None)
-
-            line_no = parse(lines, line_no, envelope, bind(*fields), blank)
+            envelope = _Envelope(width=len(names))
+            line_no = parse(lines, line_no, envelope, read)
             del lines
             n = len(envelope.custom_id)
+            read_so_far += n
             outcome = np.full(n, SUCCEEDED, dtype=np.int8)
             error_code: pa.Array = pa.nulls(n)  # type null: no memory for the usual chunk without errors
             error_message: pa.Array = error_code
@@ -472,22 +465,21 @@ def read_lines(paths: Sequence[tuple[int, Path]], endpoint: str) -> LineTable:
                 at, outcomes, codes, messages = (list(x) for x in zip(*envelope.unsuccessful))
                 outcome[at] = outcomes
                 error_code, error_message = _sparse(n, at, codes), _sparse(n, at, messages)
-            parts["custom_id"].append(pa.array(envelope.custom_id, TEXT))
+            parts["custom_id"].append(pa.array(envelope.custom_id, types["custom_id"]))
             parts["outcome"].append(outcome)
-            parts["file"].append(np.full(n, index, dtype=np.int32))
             parts["status_code"].append(_to_arrow(envelope.status_code, types["status_code"]))
             parts["error_code"].append(error_code)
             parts["error_message"].append(error_message)
-            for name, values in zip(names, fields, strict=True):
-                parts[name].append(_to_arrow(values, types[name]))
-            corrupt += [_corrupt_line(path, n, raw, exc) for n, raw, exc in envelope.corrupt]
+            for i, name in enumerate(names):
+                parts[name].append(_to_arrow(envelope.fields[i :: len(names)], types[name]))
+            corrupt += [_corrupt_line(path, number, raw, exc) for number, raw, exc in envelope.corrupt]
     # Each column's chunks are let go as soon as it is whole: at most one column is held twice.
     return LineTable(
-        custom_id=_concat(parts.pop("custom_id"), TEXT),
-        outcome=_concat(parts.pop("outcome"), np.int8),
-        file=_concat(parts.pop("file"), np.int32),
-        columns={name: _concat(parts.pop(name), types[name]) for name in list(parts)},
+        outcome=np.concatenate(parts.pop("outcome") or [np.zeros(0, np.int8)]),
+        columns={name: _column(parts.pop(name), types[name]) for name in list(parts)},
         corrupt=corrupt,
+        starts=np.array(starts, dtype=np.int64),
+        path_files=np.array([index for index, _ in paths], dtype=np.int64),
     )
 
 
@@ -495,7 +487,7 @@ def _sparse(n: int, at: list[int], values: list[str | None]) -> pa.Array:
     full: list[str | None] = [None] * n
     for i, value in zip(at, values):
         full[i] = value
-    return pa.array(full, TEXT)
+    return pa.array(full, _LINE_TEXT)
 
 
 def _to_arrow(values: list[Any], type_: pa.DataType | None) -> pa.Array | np.ndarray:
@@ -519,11 +511,12 @@ def _converts(value: Any, type_: pa.DataType) -> bool:
     return True
 
 
-def _concat(chunks: list[Any], type_: Any) -> Any:
-    if isinstance(type_, pa.DataType):
-        if any(c.type != type_ for c in chunks):  # null-typed chunks (error columns without errors)
-            if all(c.type == pa.null() for c in chunks):
-                return pa.nulls(sum(len(c) for c in chunks))
-            chunks = [c.cast(type_) for c in chunks]
-        return pa.concat_arrays(chunks) if chunks else pa.array([], type_)
-    return np.concatenate(chunks) if chunks else np.empty(0, dtype=type_ or object)
+def _column(chunks: list[Any], type_: pa.DataType | None) -> pa.Array | np.ndarray:
+    """One column's chunks as one array."""
+    if type_ is None:
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype=object)
+    if any(c.type != type_ for c in chunks):  # null-typed chunks: an error column's chunks without errors
+        if all(pa.types.is_null(c.type) for c in chunks):
+            return pa.nulls(sum(len(c) for c in chunks))
+        chunks = [c.cast(type_) for c in chunks]
+    return pa.concat_arrays(chunks) if chunks else pa.array([], type_)

@@ -20,12 +20,12 @@ source rows (checked, not assumed). :func:`summarize` gives counts, tokens and c
 :func:`plan_retry`, :func:`build_retry_requests` and :func:`merge_attempts` send again what failed
 for a retryable reason and keep each row's final outcome across attempts.
 
-Why it is fast and small: files are read a chunk of lines at a time; each line is parsed with
-orjson and only the needed fields go into plain column lists (no dict per row is kept), which
-become Arrow arrays per chunk. Rows are matched to lines with one vectorized hash pass (Arrow
-dictionary encoding) and the line columns are reordered to source order with ``take``. Two line
-formats plug into the same reader: OpenAI's (``response``/``error``) and Anthropic's
-(``result.type``); each endpoint has one small extractor naming the fields its bodies hold.
+Why it is fast and small: lines are read a chunk at a time, each parsed with orjson, and only the
+fields the join needs are kept, in flat lists that become Arrow arrays before the next chunk is
+read (:mod:`batch_pipelines._result_lines`; OpenAI's and Anthropic's line formats plug in there).
+One hash pass (Arrow dictionary encoding) matches lines to rows; then each line column is taken to
+source order and let go, its memory handed back at once, so the peak stays near the line columns
+plus the result.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ from batch_pipelines.requests import RejectedRow, RequestManifest, RequestSpec, 
 __all__ = [
     "ANTHROPIC_MESSAGES",
     "OUTCOMES",
+    "OUTPUT_PREFIX",
+    "TOKEN_COLUMNS",
     "CorruptLine",
     "JoinedResults",
     "LineFormat",
@@ -82,6 +84,7 @@ __all__ = [
     "build_retry_requests",
     "iter_result_lines",
     "join_results",
+    "manifest_custom_ids",
     "merge_attempts",
     "plan_retry",
     "summarize",
@@ -93,6 +96,7 @@ _RANK = np.array([0, 2, 1, 2, 2, 3, 3], dtype=np.int8)
 #: Validated fields of the user's output model become columns named with this prefix.
 OUTPUT_PREFIX = "output_"
 _EXAMPLES = 20  # ids / lines listed in anomalies beside their counts
+_TRAILING_COLUMNS = ("status_code", "error_code", "error_message", "batch_id", "attempt")
 
 
 # ---- the join ----------------------------------------------------------------------------------
@@ -159,17 +163,10 @@ def join_results(
     ``profile`` and ``prices`` give the summary its cost.
     """
     contents = content_columns(endpoint)
-    if output_model is not None and contents != TEXT_COLUMNS:
-        raise ValueError(f"output_model needs an endpoint that answers with text, not {endpoint}")
     n = len(source)
     ids = _source_ids(source, custom_ids)
     source = _without_custom_id(source, custom_ids)
-    output_fields = list(output_model.model_fields) if output_model is not None else []
-    added = ["custom_id", "outcome", *contents, *(OUTPUT_PREFIX + f for f in output_fields), *TOKEN_COLUMNS,
-             "status_code", "error_code", "error_message", "batch_id", "attempt"]  # fmt: skip
-    clash = [c for c in added if c in source.columns]
-    if clash:
-        raise ValueError(f"source columns {clash} clash with result columns; rename them before joining")
+    _check_columns(source, contents, output_model)
     batch_ids = [f.batch_id for f in files]
     if len(set(batch_ids)) != len(batch_ids):
         raise ValueError(f"a batch appears twice in files: {batch_ids}")
@@ -177,23 +174,29 @@ def join_results(
 
     paths = [(i, p) for i, f in enumerate(files) for p in (f.output_path, f.error_path) if p is not None]
     lines = read_lines(paths, endpoint)
-    row_of_line = _match(ids, lines.custom_id)
-    sent = np.ones(n, dtype=bool)
-    sent[rejected_at] = False
+    _let_go()
+    line_ids = lines.columns.pop("custom_id")
+    row_of_line = _match(_sent_ids(ids, rejected_at), line_ids)
     joinable = row_of_line >= 0
-    joinable[joinable] = sent[row_of_line[joinable]]
     line_of_row, duplicates = _winners(row_of_line, joinable, lines.outcome, n)
     has_line = line_of_row >= 0
     unknown = np.flatnonzero(~joinable)
     if int(has_line.sum()) + duplicates.lines + len(unknown) != len(lines.outcome):
         raise RuntimeError("result lines unaccounted for: joined + duplicates + unknown != lines read")
+    unknown_examples = line_ids.take(pa.array(unknown[:_EXAMPLES])).to_pylist()
+    del line_ids, row_of_line, joinable
+    _let_go()
 
     codes = np.full(n, MISSING, dtype=np.int8)
     codes[has_line] = lines.outcome[line_of_row[has_line]]
     codes[rejected_at] = REJECTED
     take = pa.array(line_of_row, mask=~has_line)
-    columns = {name: _in_row_order(lines.columns.pop(name), take, line_of_row, has_line) for name in list(lines.columns)}
-    batch_codes = np.where(has_line, lines.file[line_of_row], -1) if len(lines.file) else np.full(n, -1)
+    columns = {}
+    for name in list(lines.columns):  # one column at a time, each line-level column let go once taken
+        columns[name] = _in_row_order(lines.columns.pop(name), take, line_of_row, has_line)
+        _let_go()
+    batch_codes = np.full(n, -1, dtype=np.int64)
+    batch_codes[has_line] = lines.file_of(line_of_row[has_line])
     _explain_unanswered(columns, codes, ids, rejected, rejected_at, lines.corrupt)
     outputs = _validate_outputs(output_model, columns, codes) if output_model is not None else {}
 
@@ -216,7 +219,7 @@ def join_results(
     anomalies = ResultAnomalies(
         lines_read=len(lines.outcome) + len(lines.corrupt),
         unknown_lines=len(unknown),
-        unknown_examples=lines.custom_id.take(pa.array(unknown[:_EXAMPLES])).to_pylist(),
+        unknown_examples=unknown_examples,
         duplicate_ids=duplicates.ids,
         duplicate_lines=duplicates.lines,
         duplicate_examples=ids.take(pa.array(duplicates.rows[:_EXAMPLES])).to_pylist(),
@@ -224,6 +227,33 @@ def join_results(
         corrupt_examples=lines.corrupt[:_EXAMPLES],
     )
     return JoinedResults(frame, summarize(frame, profile=profile, prices=prices, anomalies=anomalies), anomalies)
+
+
+def manifest_custom_ids(manifest: RequestManifest, index: pd.Index) -> pd.Series:
+    """The custom_id of each row ``manifest`` was built from, aligned with ``index`` (the source's).
+
+    What :func:`join_results` and :func:`build_retry_requests` take as ``custom_ids``: the sent
+    rows' ids from the manifest's id map, the rejected rows' from ``manifest.rejected`` (missing
+    where the key itself was).
+    """
+    if manifest.rows != len(index):
+        raise ValueError(f"the manifest was built from {manifest.rows} rows, not {len(index)}")
+    values = np.full(len(index), None, dtype=object)
+    sent = manifest.read_ids()
+    values[sent["row"].to_numpy()] = sent["custom_id"].to_numpy(dtype=object)
+    for r in manifest.rejected:
+        values[r.row] = r.custom_id
+    return pd.Series(values, index=index, dtype="str", name="custom_id")
+
+
+def _let_go() -> None:
+    """Hand the memory Arrow just freed back to the system.
+
+    The line-level columns are large and freed once each, while the row-level ones replacing them
+    come in other sizes: Arrow's allocator would keep the freed pages for a reuse that does not
+    come, and the process would hold both copies at its peak.
+    """
+    pa.default_memory_pool().release_unused()
 
 
 def _source_ids(source: pd.DataFrame, custom_ids: pd.Series) -> pa.Array:
@@ -242,6 +272,16 @@ def _without_custom_id(source: pd.DataFrame, custom_ids: pd.Series) -> pd.DataFr
     return source
 
 
+def _check_columns(source: pd.DataFrame, contents: tuple[str, ...], output_model: type[BaseModel] | None) -> None:
+    if output_model is not None and contents != TEXT_COLUMNS:
+        raise ValueError(f"output_model needs an endpoint that answers with text, not one giving {list(contents)}")
+    outputs = [OUTPUT_PREFIX + f for f in output_model.model_fields] if output_model is not None else []
+    added = ["custom_id", "outcome", *contents, *outputs, *TOKEN_COLUMNS, *_TRAILING_COLUMNS]
+    clash = [c for c in added if c in source.columns]
+    if clash:
+        raise ValueError(f"source columns {clash} clash with result columns; rename them before joining")
+
+
 def _rejected_positions(rejected: Sequence[RejectedRow], ids: pa.Array, n: int) -> np.ndarray:
     at = np.array([r.row for r in rejected], dtype=np.int64)
     if len(at) and (at.min() < 0 or at.max() >= n or len(np.unique(at)) != len(at)):
@@ -256,14 +296,24 @@ def _rejected_positions(rejected: Sequence[RejectedRow], ids: pa.Array, n: int) 
     return at
 
 
+def _sent_ids(ids: pa.Array, rejected_at: np.ndarray) -> pa.Array:
+    """The custom_ids of the rows that were sent: a rejected row's id matches no line (and may repeat:
+    rows rejected for a duplicate key share theirs)."""
+    if not len(rejected_at):
+        return ids
+    unsent = np.zeros(len(ids), dtype=bool)
+    unsent[rejected_at] = True
+    return pc.if_else(pa.array(unsent), pa.scalar(None, ids.type), ids)
+
+
 def _match(ids: pa.Array, line_ids: pa.Array) -> np.ndarray:
     """Source position of each line's custom_id (-1: not a source id), in one hash pass over both.
 
     Dictionary-encoding the source ids followed by the line ids numbers each distinct id in order
     of first appearance, so the source ids are unique exactly when the i-th non-null one gets code i.
     """
-    encoded = pc.dictionary_encode(pa.chunked_array([ids, line_ids], TEXT))
-    dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else pa.array([], TEXT)
+    encoded = pc.dictionary_encode(pa.chunked_array([ids.cast(line_ids.type), line_ids]))
+    dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else pa.array([], line_ids.type)
     if not all(chunk.dictionary.equals(dictionary) for chunk in encoded.chunks):  # one hash table: Arrow's contract
         raise RuntimeError("Arrow encoded the source and the line custom_ids with different dictionaries")
     codes = np.concatenate([pc.fill_null(chunk.indices, -1).to_numpy() for chunk in encoded.chunks] or [np.zeros(0, np.int32)])
@@ -302,22 +352,27 @@ def _winners(row_of_line: np.ndarray, joinable: np.ndarray, outcome: np.ndarray,
 
 
 def _in_row_order(column: pa.Array | np.ndarray, take: pa.Array, line_of_row: np.ndarray, has_line: np.ndarray) -> Any:
-    """A line column taken to source order (null where a row has no line), as the pandas array the frame holds."""
+    """A line column taken to source order (null where a row has no line), as the pandas array the frame holds.
+
+    Text becomes pandas' str, integers its nullable Int64 (status codes Int16), booleans boolean.
+    """
     if isinstance(column, np.ndarray):  # Python objects
         rows = np.full(len(line_of_row), None, dtype=object)
         rows[has_line] = column[line_of_row[has_line]]
         return rows
-    # A column no line filled (error columns of a clean batch) is all null in row order too.
-    if column.type == pa.null():
-        column = pa.array([], TEXT)
-    array = pa.nulls(len(take), column.type) if column.null_count == len(column) else column.take(take)
-    if pa.types.is_large_string(array.type):
-        return pd.array(array, dtype="str")
+    if column.null_count == len(column):  # a column no line filled (error columns of a clean batch)
+        kind = TEXT if pa.types.is_null(column.type) or pa.types.is_string(column.type) else column.type
+        array = pa.nulls(len(take), kind)
+    else:
+        array = column.take(take)
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        return pd.array(array.cast(TEXT), dtype="str")
     if pa.types.is_integer(array.type) or pa.types.is_boolean(array.type):
         mask = pc.is_null(array).to_numpy(zero_copy_only=False)
         if pa.types.is_boolean(array.type):
             return pd.arrays.BooleanArray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), mask)
-        return pd.arrays.IntegerArray(pc.fill_null(array, 0).to_numpy(), mask)
+        values = pc.fill_null(array, 0).to_numpy()
+        return pd.arrays.IntegerArray(values if values.dtype == np.int16 else values.astype(np.int64), mask)
     return pd.array(array, dtype=pd.ArrowDtype(array.type))
 
 
@@ -579,11 +634,14 @@ def build_retry_requests(
     """
     if plan.empty:
         raise ValueError("the retry plan holds no rows")
-    positions = pd.Index(custom_ids).get_indexer(plan.custom_ids)
-    if (positions < 0).any():
-        unknown = [c for c, p in zip(plan.custom_ids, positions) if p < 0][:10]
-        raise ValueError(f"custom_ids of the plan are not in custom_ids: {unknown}")
-    subset = source.iloc[np.sort(positions)]
+    # isin, not an index lookup: ids of rejected rows may be missing or repeat (a duplicate key).
+    wanted = custom_ids.isin(plan.custom_ids).to_numpy()
+    found = custom_ids[wanted]
+    if len(found) != len(plan.custom_ids) or not found.is_unique:
+        unknown = sorted(set(plan.custom_ids) - set(found))[:10]
+        repeated = found[found.duplicated()].unique()[:10].tolist()
+        raise ValueError(f"the plan's custom_ids do not each name one row of custom_ids: absent {unknown}, repeated {repeated}")
+    subset = source[wanted]
     manifest = build_request_files(subset, spec, out_dir, profile=profile, attempt=plan.attempt, **options)
     written = set(manifest.read_ids()["custom_id"]) | {r.custom_id for r in manifest.rejected}
     if written != set(plan.custom_ids):
@@ -596,20 +654,27 @@ def merge_attempts(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
     A success wins whenever it came; otherwise the latest attempt with a result (any outcome but
     missing); otherwise the latest attempt. Rows keep the order of the first frame (rows only in
-    later frames follow), with the index the frames carry.
+    later frames follow), with the index the frames carry. Rows rejected without a custom_id (or
+    with one their frame repeats) stay as they are: nothing of theirs was sent again.
     """
     if not frames:
         raise ValueError("no frames to merge")
     combined = _concat_frames(frames)
     codes = pd.Categorical(combined["outcome"], categories=list(OUTCOMES)).codes
     priority = np.where(codes == SUCCEEDED, 0, np.where(codes == MISSING, 2, 1))
-    key, _ = pd.factorize(combined["custom_id"])  # numbered in order of first appearance
-    if (key < 0).any():
-        raise ValueError("frames hold rows without a custom_id")
+    # A row's key: where its custom_id first appears. Rows rejected without an id, or sharing one
+    # within their frame (a duplicate key), are never sent again: each is a row of its own.
+    frame_of = np.repeat(np.arange(len(frames)), [len(f) for f in frames])
+    ids, _ = pd.factorize(combined["custom_id"])
+    alone = (ids < 0) | pd.DataFrame({"frame": frame_of, "id": ids}).duplicated(keep=False).to_numpy()
+    named = np.flatnonzero(~alone)
+    distinct, first = np.unique(ids[named], return_index=True)
+    key = np.arange(len(ids))
+    key[named] = named[first][np.searchsorted(distinct, ids[named])]
     order = np.lexsort((-combined["attempt"].to_numpy(dtype=np.int64), priority, key))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    return combined.iloc[order[first]]
+    kept = np.ones(len(order), dtype=bool)
+    kept[1:] = key[order][1:] != key[order][:-1]
+    return combined.iloc[order[kept]]
 
 
 def _concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:

@@ -8,6 +8,7 @@ The same rules on files the local service really produced under its fault plans 
 from __future__ import annotations
 
 import base64
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from batch_pipelines.results import (
     build_retry_requests,
     iter_result_lines,
     join_results,
+    manifest_custom_ids,
     merge_attempts,
     plan_retry,
     summarize,
@@ -98,7 +100,8 @@ def test_iter_result_lines_normalizes_every_kind_and_keeps_reading_past_a_corrup
     path = write(
         tmp_path / "mixed.jsonl",
         [ok("a", "hi"), http_error("b", 429, "rate_limit_exceeded", "slow down"), b'{"id": "x", "custom_id": "c", "respo',
-         b"", no_answer("d", "batch_expired"), no_answer("e", "request_timeout"), b"[1, 2]", ok("f")],
+         b"", no_answer("d", "batch_expired"), no_answer("e", "request_timeout"), b"[1, 2]", ok("f"),
+         {"custom_id": "g", "response": {"status_code": 502, "body": "Bad gateway"}, "error": None}],
     )  # fmt: skip
     got = list(iter_result_lines(path))
     records = [x for x in got if isinstance(x, ResultLine)]
@@ -109,7 +112,9 @@ def test_iter_result_lines_normalizes_every_kind_and_keeps_reading_past_a_corrup
         (5, "d", "expired", None, "batch_expired"),
         (6, "e", "failed", None, "request_timeout"),
         (8, "f", "succeeded", 200, None),
+        (9, "g", "failed", 502, None),  # an HTTP failure without an error object keeps its status
     ]
+    assert "Bad gateway" in records[5].error_message
     assert records[0].body["choices"][0]["message"]["content"] == "hi"
     assert records[1].error_message == "slow down" and records[1].body is None
     assert [(c.line_no, c.custom_id) for c in corrupt] == [(3, "c"), (7, None)]  # the blank line 4 is no record
@@ -203,7 +208,8 @@ def test_duplicates_resolved_deterministically_success_beats_failure(tmp_path):
 
 def test_unknown_ids_are_reported_not_joined_including_rejected_rows(tmp_path):
     df = pd.DataFrame({"key": ["a", "b", "c"], "text": ["x", None, "z"]})
-    manifest = build_request_files(df, RequestSpec(model="m", input_template="{text}", key_column="key"), tmp_path / "req", profile=OPENAI, policy="quarantine")
+    spec = RequestSpec(model="m", input_template="{text}", key_column="key")
+    manifest = build_request_files(df, spec, tmp_path / "req", profile=OPENAI, policy="quarantine")
     assert [r.custom_id for r in manifest.rejected] == ["b"]
     ids = custom_ids(df["key"])
     joined = join(tmp_path, df, ids, [ok("a"), ok("b", "should not be here"), ok("stranger"), ok("c")], rejected=manifest.rejected)
@@ -215,13 +221,18 @@ def test_unknown_ids_are_reported_not_joined_including_rejected_rows(tmp_path):
 
 
 def test_rejected_rows_without_a_key_have_no_custom_id(tmp_path):
-    df = pd.DataFrame({"key": ["a", None, "c"], "text": ["x", "y", "z"]})
-    manifest = build_request_files(df, RequestSpec(model="m", input_template="{text}", key_column="key"), tmp_path / "req", profile=OPENAI, policy="quarantine")
-    ids = pd.Series(["a", None, "c"], index=df.index, dtype="str")
+    df = pd.DataFrame({"key": ["a", None, "c", "d"], "text": ["x", "y", "z", None]}, index=[7, 7, 8, 9])
+    spec = RequestSpec(model="m", input_template="{text}", key_column="key")
+    manifest = build_request_files(df, spec, tmp_path / "req", profile=OPENAI, policy="quarantine")
+    ids = manifest_custom_ids(manifest, df.index)
+    assert ids.iloc[[0, 2, 3]].tolist() == ["a", "c", "d"] and pd.isna(ids.iloc[1]) and ids.index.equals(df.index)
     joined = join(tmp_path, df, ids, [ok("a"), ok("c")], rejected=manifest.rejected)
-    assert list(joined.frame["outcome"].astype(str)) == ["succeeded", "rejected", "succeeded"]
+    assert list(joined.frame["outcome"].astype(str)) == ["succeeded", "rejected", "succeeded", "rejected"]
+    assert list(joined.frame.index) == [7, 7, 8, 9]  # repeated index labels survive the join
     with pytest.raises(ValueError, match="no custom_id and are not rejected"):
         join_results(df, ids, [], endpoint=CHAT)
+    with pytest.raises(ValueError, match="built from 4 rows"):
+        manifest_custom_ids(manifest, df.index[:2])
 
 
 def test_corrupt_lines_counted_with_line_numbers_and_the_lost_row_explained(tmp_path):
@@ -314,12 +325,14 @@ def test_structured_output_validated_and_expanded_into_columns(tmp_path):
     ]
     joined = join(tmp_path, df, ids, output, [http_error("r5", 500)], output_model=Verdict)
     f = joined.frame.set_index("custom_id")
-    assert outcomes(joined.frame) == {"r0": "succeeded", "r1": "succeeded", "r2": "invalid_output", "r3": "invalid_output", "r4": "invalid_output", "r5": "failed"}
-    assert list(f.loc["r0", ["output_mood", "output_score", "output_tags", "output_label", "label"]]) == ["positive", 0.9, ["a", "b"], "keep", "ground truth"]
+    assert outcomes(joined.frame) == {"r0": "succeeded", "r1": "succeeded", "r2": "invalid_output",
+                                      "r3": "invalid_output", "r4": "invalid_output", "r5": "failed"}  # fmt: skip
+    expanded = ["output_mood", "output_score", "output_tags", "output_label", "label"]
+    assert list(f.loc["r0", expanded]) == ["positive", 0.9, ["a", "b"], "keep", "ground truth"]
     assert str(f["output_mood"].dtype) == "str" and str(f["output_score"].dtype) == "Float64"
     assert f.loc[["r2", "r3", "r4", "r5"], "output_mood"].isna().all()
     assert set(f.loc[["r2", "r3", "r4"], "error_code"]) == {"invalid_output"}
-    assert "does not match Verdict" in f.loc["r2", "error_message"] and "mood" in f.loc["r2", "error_message"] and "score" in f.loc["r2", "error_message"]
+    assert re.search(r"does not match Verdict: mood: .*; score: ", f.loc["r2", "error_message"])
     assert f.loc["r3", "error_message"].startswith("output is not valid JSON (finish_reason=length")
     assert "no text to validate" in f.loc["r4", "error_message"]
     assert f.loc["r5", "error_code"] is not None and f.loc["r5", "status_code"] == 500
@@ -360,14 +373,22 @@ def test_responses_completions_and_moderations_content(tmp_path):
         "incomplete_details": {"reason": "max_output_tokens"},
         "output": [
             {"type": "reasoning", "summary": []},
-            {"type": "message", "content": [{"type": "output_text", "text": "Hello"}, {"type": "refusal", "refusal": "x"}, {"type": "output_text", "text": "!"}]},
+            {
+                "type": "message",
+                "content": [{"type": "output_text", "text": "Hello"}, {"type": "refusal", "refusal": "x"}, {"type": "output_text", "text": "!"}],
+            },
         ],
         "usage": {"input_tokens": 9, "output_tokens": 2, "total_tokens": 11, "input_tokens_details": {"cached_tokens": 3}},
     }
     got = join(tmp_path, df, ids, [envelope("r0", responses_body)], endpoint="/v1/responses").frame.iloc[0]
-    assert (got["content"], got["finish_reason"], got["prompt_tokens"], got["completion_tokens"], got["cached_tokens"]) == ("Hello!", "max_output_tokens", 9, 2, 3)
+    got = tuple(got[["content", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens"]])
+    assert got == ("Hello!", "max_output_tokens", 9, 2, 3)
 
-    completion = {"object": "text_completion", "choices": [{"text": " done", "index": 0, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    completion = {
+        "object": "text_completion",
+        "choices": [{"text": " done", "index": 0, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
     got = join(tmp_path, df, ids, [envelope("r1", completion)], endpoint="/v1/completions").frame.iloc[1]
     assert (got["content"], got["finish_reason"], got["total_tokens"]) == (" done", "stop", 4)
 
@@ -441,13 +462,15 @@ def test_retry_requests_keep_custom_ids_and_attempts_merge_to_final_outcomes(tmp
     assert [line["body"]["messages"][0]["content"] for line in sent] == ["Say b", "Say d", "Say e"]
 
     subset = df.iloc[[1, 3, 4]]
-    second = join_results(subset, ids.iloc[[1, 3, 4]], [ResultFiles(batch_id="batch_2", output_path=write(tmp_path / "o2.jsonl", [ok("d1", "again"), ok("d4", "now")]))],
-                          endpoint=CHAT, attempt=2).frame  # fmt: skip
+    answers = ResultFiles(batch_id="batch_2", output_path=write(tmp_path / "o2.jsonl", [ok("d1", "again"), ok("d4", "now")]))
+    second = join_results(subset, ids.iloc[[1, 3, 4]], [answers], endpoint=CHAT, attempt=2).frame
     merged = merge_attempts([first, second])
     assert list(merged.index) == list(df.index) and list(merged["custom_id"]) == list(ids)
     assert outcomes(merged) == {"d0": "succeeded", "d1": "succeeded", "d2": "failed", "d3": "expired", "d4": "succeeded"}
-    assert list(merged["attempt"]) == [1, 2, 1, 1, 2] and list(merged["batch_id"].astype(str)) == ["batch_1", "batch_2", "batch_1", "batch_1", "batch_2"]
-    assert merged.loc[1, "content"] == "again" and merged.loc[3, "error_code"] == "batch_expired"  # d3 missing in attempt 2: attempt 1's result stays
+    assert list(merged["attempt"]) == [1, 2, 1, 1, 2]
+    assert list(merged["batch_id"].astype(str)) == ["batch_1", "batch_2", "batch_1", "batch_1", "batch_2"]
+    assert merged.loc[1, "content"] == "again"
+    assert merged.loc[3, "error_code"] == "batch_expired"  # d3 missing in attempt 2: attempt 1's result stays
     assert summarize(merged).succeeded == 3 and len(merged) == len(df)
 
     # A success is never replaced by a later failure.
@@ -455,3 +478,26 @@ def test_retry_requests_keep_custom_ids_and_attempts_merge_to_final_outcomes(tmp
     assert outcomes(merge_attempts([first, second, third]))["d1"] == "succeeded"
     with pytest.raises(ValueError, match="no rows"):
         build_retry_requests(plan_retry(merged.iloc[:1]), df, ids, spec, tmp_path / "none", profile=OPENAI)
+
+
+def test_rows_rejected_without_a_custom_id_or_for_a_duplicate_key_survive_a_retry_round(tmp_path):
+    df = pd.DataFrame({"doc": ["d0", None, "d2", "d3", "d3", "d5"], "text": list("abcdef")})
+    spec = RequestSpec(model="gpt-4o-mini", input_template="Say {text}", key_column="doc")
+    manifest = build_request_files(df, spec, tmp_path / "attempt1", profile=OPENAI, policy="quarantine")
+    ids = manifest_custom_ids(manifest, df.index)
+    assert [r.row for r in manifest.rejected] == [1, 3, 4] and ids.iloc[3] == ids.iloc[4] == "d3"
+    first = join(tmp_path, df, ids, [ok("d0")], [http_error("d2", 500), ok("d3")], rejected=manifest.rejected)
+    assert first.frame["outcome"].astype(str).tolist() == ["succeeded", "rejected", "failed", "rejected", "rejected", "missing"]
+    assert first.anomalies.unknown_lines == 1  # the line for d3, a rejected row's id
+    plan = plan_retry(first.frame)
+    assert plan.custom_ids == ["d2", "d5"] and plan.kept_reasons == {"rejected": 3}
+
+    retry = build_retry_requests(plan, df, ids, spec, tmp_path / "attempt2", profile=OPENAI, policy="quarantine")
+    subset = df.iloc[[2, 5]]
+    answers = ResultFiles(batch_id="batch_2", output_path=write(tmp_path / "o2.jsonl", [ok("d2"), ok("d5")]))
+    second = join_results(subset, manifest_custom_ids(retry, subset.index), [answers], endpoint=CHAT, attempt=2).frame
+    merged = merge_attempts([first.frame, second])
+    assert list(merged.index) == list(df.index) and len(merged) == 6
+    assert merged["outcome"].astype(str).tolist() == ["succeeded", "rejected", "succeeded", "rejected", "rejected", "succeeded"]
+    assert plan_retry(merged).empty
+

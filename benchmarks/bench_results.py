@@ -196,7 +196,7 @@ def measure(way: str, rows: int, data_dir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3, help="runs of ours and of the floor (best time kept); the naive ways run once")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of ours and of the floor (best time kept); the naive ways run once")
     parser.add_argument("--dir", type=Path, default=None, help="where the input is generated (default: a temporary folder)")
     parser.add_argument("--child", choices=sorted(_RUNNERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -227,8 +227,10 @@ def main() -> None:
     join_peak_mb = max(r["join_peak_mb"] for r in ours)
     df_mb = ours[0]["df_mb"]
     vs_naive, vs_floor = best["naive"] / best["ours"], best["ours"] / best["floor"]
+    paired = sorted(o["seconds"] / f["seconds"] for o, f in zip(runs["ours"], runs["floor"]))
     print(
-        f"ours {best['ours']:.2f}s, floor {best['floor']:.2f}s (best of {args.repeat}); naive {best['naive']:.2f}s, "
+        f"ours {best['ours']:.2f}s, floor {best['floor']:.2f}s (best of {args.repeat}; ours/floor run by run: "
+        f"{paired[0]:.2f} .. {paired[-1]:.2f}, median {paired[len(paired) // 2]:.2f}); naive {best['naive']:.2f}s, "
         f"naive_lean {best['naive_lean']:.2f}s (once; ours is {best['naive_lean'] / best['ours']:.1f}x faster than naive_lean)"
     )
     print(

@@ -29,6 +29,7 @@ from batch_pipelines.results import (
     Prices,
     build_retry_requests,
     join_results,
+    manifest_custom_ids,
     merge_attempts,
     plan_retry,
     summarize,
@@ -101,11 +102,12 @@ class Run:
         assert self.manifest is not None
         kw.setdefault("rejected", self.manifest.rejected)
         kw.setdefault("attempt", self.manifest.attempt)
-        return joined(df, spec, self.files, **kw)
+        return joined(df, manifest_custom_ids(self.manifest, df.index), spec, self.files, **kw)
 
 
-def joined(df: pd.DataFrame, spec: RequestSpec, files: list[ResultFiles], **kw: Any) -> JoinedResults:
-    result = join_results(df, custom_ids(df[spec.key_column]), files, endpoint=spec.endpoint, **kw)
+def joined(df: pd.DataFrame, ids: pd.Series, spec: RequestSpec, files: list[ResultFiles], **kw: Any) -> JoinedResults:
+    assert ids.dropna().equals(custom_ids(df[spec.key_column]).loc[ids.dropna().index])  # the manifest's ids are the keys'
+    result = join_results(df, ids, files, endpoint=spec.endpoint, **kw)
     counts = result.frame["outcome"].value_counts()
     assert int(counts.sum()) == len(df) == result.summary.rows
     assert sum(getattr(result.summary, o) for o in OUTCOMES) == len(df)
