@@ -13,7 +13,7 @@ CHROMIUM := /usr/bin/chromium
 # System packages are installed directly as root, through sudo otherwise.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup run serve smoke browser test bench clean
+.PHONY: setup run serve smoke reliability browser test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ serve: setup
 # The demo end to end without the UI, on a temporary instance; fails if a row is unaccounted for.
 smoke: setup
 	$(BIN)/python -m batch_pipelines.demo.smoke
+
+# The pipeline end to end under every fault of the reliability suite (also part of `make test`): one
+# table row per fault, then `reliability: faults=N rows_lost=0 duplicate_submissions=0`.
+reliability: setup
+	$(BIN)/python -m batch_pipelines_tests.reliability
 
 # Debian's chromium for the browser test (the test never downloads a browser).
 browser:

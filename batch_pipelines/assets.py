@@ -16,14 +16,17 @@ builds, with the source's partitions:
     and shard. Before submitting, the partition's batches are listed at the provider: a shard
     whose fingerprint already has a live or finished batch re-attaches to it, so a retried run, a
     re-materialization or a crash between the provider's accept and Dagster's record never pays
-    twice. The batch ids are recorded in the materialization for the sensor.
+    twice. Two runs of one partition take turns (an advisory lock in the storage directory), so
+    racing submits re-attach too. The batch ids are recorded in the materialization for the sensor.
 ``<name>_sensor``
     Polls the batches and launches ``<name>_results`` when a partition's batches are done (see
     :mod:`batch_pipelines.sensors`). Not built in blocking mode, where runs poll themselves.
 ``<name>_results``
     Downloads every batch's files, joins them back to the source rows (one outcome per row) and,
     while retryable rows remain and attempts are left, submits them again as a follow-up batch
-    (recorded as an observation; the sensor tracks it) instead of materializing. The final
+    (recorded as an observation; the sensor tracks it) instead of materializing. A shard the
+    provider refused because its token queue was full (``token_limit_exceeded``) is submitted
+    again the same way, after a delay, without spending an attempt of its rows. The final
     materialization is the whole table, every row once, returned through the user's IO manager,
     with counts, tokens, cost and checks.
 ``<name>_cancel``
@@ -32,9 +35,11 @@ builds, with the source's partitions:
 
 # No ``from __future__ import annotations`` here: Dagster reads the context annotations of the
 # decorated functions at definition time.
+import fcntl
 import hashlib
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,7 +54,7 @@ from batch_pipelines import results as _results
 from batch_pipelines.checks import evaluate_checks, results_check_specs
 from batch_pipelines.providers import Batch, BatchProvider, BatchStatus, ResultFiles
 from batch_pipelines.requests import MANIFEST_NAME, RequestManifest, RequestSpec, RequestValidationError, build_request_files
-from batch_pipelines.resources import PARTITION_TAG, PIPELINE_TAG, BatchProviderResource
+from batch_pipelines.resources import PARTITION_TAG, PIPELINE_TAG, RESUBMIT_TAG, BatchProviderResource
 from batch_pipelines.sensors import (
     BATCHES_KEY,
     Round,
@@ -143,7 +148,7 @@ def build_batch_pipeline(
         resource_key: key of the :class:`BatchProviderResource`.
         io_manager_key: IO manager storing the results DataFrame.
         batch_tags: extra batch metadata (e.g. a team tag), or a function of (partition, attempt)
-            returning it; at most 9 pairs (the provider keeps 16, the pipeline uses 7).
+            returning it; at most 8 pairs (the provider keeps 16, the pipeline uses up to 8).
         max_requests_per_shard: split request files further than the provider's limits require.
         sensor_minimum_interval_seconds: seconds between two sensor ticks.
         sensor_tick_budget_seconds: seconds one tick may spend polling.
@@ -342,12 +347,14 @@ class _Pipeline:
     def submit_batches(self, context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         resource = self.resource(context)
         partition = context.partition_key if context.has_partition_key else None
-        manifest_path = self.attempt_dir(self.folder(resource, context.instance, partition), 1) / MANIFEST_NAME
+        folder = self.folder(resource, context.instance, partition)
+        manifest_path = self.attempt_dir(folder, 1) / MANIFEST_NAME
         if not manifest_path.exists():
             raise dg.Failure(f"no request files at {manifest_path}: materialize {self.name}_requests for this partition first")
         manifest = RequestManifest.read(manifest_path)
         with resource.get_provider() as provider, self.cancel_if_stopped(context, provider, partition) as watched:
-            submitted = self.submit(context, resource, provider, manifest, partition, self.batch_key)
+            with _partition_lock(folder):
+                submitted = self.submit(context, resource, provider, manifest, partition, self.batch_key)
             batches = [batch for _, batch, _ in submitted]
             watched.extend(b.id for b in batches)
             if self.blocking:
@@ -376,42 +383,78 @@ class _Pipeline:
         manifest: RequestManifest,
         partition: str | None,
         asset_key: dg.AssetKey,
+        resubmit: Mapping[int, int] | None = None,
     ) -> list[tuple[SubmittedBatch, Batch, bool]]:
         """Submit each shard of ``manifest`` once: (record, batch, re-attached) per shard.
 
-        The partition's batches are listed once at the provider; a shard whose fingerprint has a
-        batch that did not fail validation re-attaches to the newest such batch.
+        Call it holding the partition's lock (:func:`_partition_lock`). The partition's batches are
+        listed once at the provider; a shard whose fingerprint has a batch that did not fail
+        validation re-attaches to it. ``resubmit`` (shard -> times refused for a full queue)
+        limits the call to those shards, tagged with their count.
         """
         tag = partition if partition is not None else UNPARTITIONED
-        known: dict[str, Batch] = {}
-        if manifest.shards:
-            for batch in provider.find_batches({PIPELINE_TAG: self.name, PARTITION_TAG: tag}):
-                fingerprint = batch.metadata.get(_FINGERPRINT_TAG)
-                if fingerprint and fingerprint not in known and batch.status != BatchStatus.FAILED:
-                    known[fingerprint] = batch  # newest first: keep the first seen
+        tags = {PIPELINE_TAG: self.name, PARTITION_TAG: tag}
+        known = _first_by_fingerprint(provider, tags) if manifest.shards else {}
         extra = self.batch_tags(partition, manifest.attempt) if callable(self.batch_tags) else (self.batch_tags or {})
         out: list[tuple[SubmittedBatch, Batch, bool]] = []
-        for index, shard in enumerate(manifest.shards):
+        created: list[tuple[int, Batch]] = []
+        for index in sorted(resubmit) if resubmit is not None else range(len(manifest.shards)):
+            shard = manifest.shards[index]
             fingerprint = shard.fingerprint(resource.provider, manifest.endpoint)
             batch = known.get(fingerprint)
             again = batch is not None
             if batch is None:
-                tags = {
+                metadata = {
                     **extra,
-                    PIPELINE_TAG: self.name,
-                    PARTITION_TAG: tag,
+                    **tags,
                     _FINGERPRINT_TAG: fingerprint,
                     "bp_asset": asset_key.to_user_string(),
                     _RUN_TAG: context.run.run_id,
                     "bp_attempt": str(manifest.attempt),
                     "bp_shard": str(index),
+                    **({RESUBMIT_TAG: str(resubmit[index])} if resubmit else {}),
                 }
-                batch = provider.submit(shard.path, endpoint=manifest.endpoint, completion_window=resource.window, metadata=tags)
+                batch = provider.submit(shard.path, endpoint=manifest.endpoint, completion_window=resource.window, metadata=metadata)
                 context.log.info(f"submitted {shard.path.name} ({shard.rows} requests) as batch {batch.id}")
+                created.append((len(out), batch))
             else:
                 context.log.info(f"{shard.path.name} is already batch {batch.id} ({batch.status}): re-attached")
             out.append((SubmittedBatch(batch_id=batch.id, shard=index, fingerprint=fingerprint, attempt=manifest.attempt), batch, again))
+        if created:
+            self.keep_first(context, provider, tags, out, created)
         return out
+
+    def keep_first(
+        self,
+        context: dg.AssetExecutionContext,
+        provider: BatchProvider,
+        tags: Mapping[str, str],
+        out: list[tuple[SubmittedBatch, Batch, bool]],
+        created: Sequence[tuple[int, Batch]],
+    ) -> None:
+        """The last resort against a duplicate: another submitter that the lock did not cover.
+
+        The partition lock serializes the runs of one deployment. Runs that do not share it (two
+        deployments, a storage_dir not shared by every run worker) may both find no batch and both
+        create one. Listing again after creating shows both; every submitter keeps the oldest
+        live batch of a fingerprint (the last one listed) and cancels its own if it is not that
+        one. The loser may have started: this bounds the damage, the lock prevents it.
+        """
+        live = _first_by_fingerprint(provider, tags)
+        for position, mine in created:
+            record, _, _ = out[position]
+            first = live.get(record.fingerprint)
+            if first is None or first.id == mine.id:
+                continue
+            context.log.warning(
+                f"batch {mine.id} duplicates batch {first.id} created for the same shard by another submitter: "
+                f"cancelling {mine.id}, keeping {first.id}"
+            )
+            try:
+                provider.cancel_batch(mine.id)
+            except Exception as exc:  # noqa: BLE001 - already finished: it stays a duplicate, reported above
+                context.log.warning(f"could not cancel duplicate batch {mine.id}: {exc}")
+            out[position] = (record.model_copy(update={"batch_id": first.id}), first, True)
 
     def wait(
         self, context: dg.AssetExecutionContext, resource: BatchProviderResource, provider: BatchProvider, batch_ids: Sequence[str]
@@ -485,19 +528,29 @@ class _Pipeline:
             while True:
                 watched[:] = [b.batch_id for b in current.batches]
                 batches = self.terminal_batches(context, resource, provider, current)
-                frames = [
+                refused = _refused(current, batches, resource.max_resubmits)
+                if refused and not current.cancelled:
+                    current = self.resubmit(context, resource, provider, folder, partition, current, refused)
+                    if not self.blocking:
+                        return  # the sensor tracks the new batches and launches this asset again
+                    continue
+                joined = [
                     self.join_attempt(context, resource, provider, source, ids, folder, current, batches, attempt)
                     for attempt in range(1, current.attempt + 1)
                 ]
+                frames = [frame for frame, _ in joined]
                 frame = frames[0] if len(frames) == 1 else _results.merge_attempts(frames)
-                summary = _results.summarize(frame, profile=resource.profile, prices=resource.prices())
+                anomalies = _all_anomalies([found for _, found in joined])
+                summary = _results.summarize(frame, profile=resource.profile, prices=resource.prices(), anomalies=anomalies)
                 plan = _results.plan_retry(frame, retry_invalid_output=self.retry_invalid_output, max_attempts=self.max_attempts)
                 if plan.empty or current.cancelled:
                     break
-                retry = _results.build_retry_requests(
-                    plan, source, ids, self.spec, self.attempt_dir(folder, plan.attempt), profile=resource.profile, policy=self.policy
-                )
-                records = [record for record, _, _ in self.submit(context, resource, provider, retry, partition, self.results_key)]
+                with _partition_lock(folder):
+                    retry = _results.build_retry_requests(
+                        plan, source, ids, self.spec, self.attempt_dir(folder, plan.attempt), profile=resource.profile, policy=self.policy
+                    )
+                    submitted = self.submit(context, resource, provider, retry, partition, self.results_key)
+                records = [record for record, _, _ in submitted]
                 context.log_event(
                     dg.AssetObservation(
                         asset_key=self.results_key,
@@ -545,14 +598,18 @@ class _Pipeline:
         current: Round,
         batches: Mapping[str, Batch],
         attempt: int,
-    ) -> pd.DataFrame:
-        """The rows sent in ``attempt``, joined to that attempt's result files."""
+    ) -> tuple[pd.DataFrame, _results.ResultAnomalies]:
+        """The rows sent in ``attempt``, joined to that attempt's result files, and the lines that did not join."""
         manifest = RequestManifest.read(self.attempt_dir(folder, attempt) / MANIFEST_NAME)
+        # A shard submitted again after a full queue: its latest batch is the one that ran.
         by_shard = {b.shard: batches[b.batch_id] for b in current.batches if b.attempt == attempt}
         files = [self.download(context, resource, provider, batch, folder / "downloads") for batch in by_shard.values()]
         sent = manifest.read_ids()
-        rows = ids.isin(set(sent["custom_id"]) | {r.custom_id for r in manifest.rejected})
-        frame = _results.join_results(
+        if attempt == 1:  # built from the whole source: every row was sent or rejected
+            rows = pd.Series(True, index=ids.index)
+        else:
+            rows = ids.isin(set(sent["custom_id"]) | {r.custom_id for r in manifest.rejected})
+        joined = _results.join_results(
             source[rows],
             ids[rows],
             files,
@@ -560,8 +617,53 @@ class _Pipeline:
             output_model=self.spec.output_model,
             rejected=manifest.rejected,
             attempt=attempt,
-        ).frame
-        return _explain_unfinished(frame, sent, by_shard)
+        )
+        if not joined.anomalies.clean:
+            found = joined.anomalies
+            context.log.warning(
+                f"attempt {attempt}: result lines not joined to a row: {found.corrupt_lines} corrupt, "
+                f"{found.duplicate_lines} duplicates (e.g. {found.duplicate_examples[:3]}), "
+                f"{found.unknown_lines} with an unknown custom_id (e.g. {found.unknown_examples[:3]})"
+            )
+        return _explain_unfinished(joined.frame, sent, by_shard), joined.anomalies
+
+    def resubmit(
+        self,
+        context: dg.AssetExecutionContext,
+        resource: BatchProviderResource,
+        provider: BatchProvider,
+        folder: Path,
+        partition: str | None,
+        current: Round,
+        refused: Mapping[tuple[int, int], int],
+    ) -> Round:
+        """Submit again the shards whose batch the provider refused for a full queue; the round with them.
+
+        ``refused`` maps (attempt, shard) to how many times it was refused. Their rows keep their
+        attempt number: nothing of them ran. Blocking mode waits the delay here; otherwise the
+        sensor held this run back by as much. Recorded as a retry observation the sensor follows.
+        """
+        if self.blocking:
+            time.sleep(resource.resubmit_delay(max(refused.values())))
+        records: list[SubmittedBatch] = []
+        with _partition_lock(folder):
+            for attempt in sorted({a for a, _ in refused}):
+                manifest = RequestManifest.read(self.attempt_dir(folder, attempt) / MANIFEST_NAME)
+                shards = {shard: count for (a, shard), count in refused.items() if a == attempt}
+                submitted = self.submit(context, resource, provider, manifest, partition, self.results_key, resubmit=shards)
+                records += [record for record, _, _ in submitted]
+        context.log.warning(
+            f"the provider's queue was full (token_limit_exceeded) for {len(records)} shards: submitted them again "
+            f"as {[r.batch_id for r in records]}"
+        )
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=self.results_key,
+                partition=partition,
+                metadata={**control_metadata("retry", current.storage_id, records), "resubmitted": len(records)},
+            )
+        )
+        return Round(current.partition, current.storage_id, current.batches + tuple(records), current.cancelled)
 
     def terminal_batches(
         self, context: dg.AssetExecutionContext, resource: BatchProviderResource, provider: BatchProvider, current: Round
@@ -619,6 +721,41 @@ _FINGERPRINT_TAG = "bp_fingerprint"
 _RUN_TAG = "bp_run_id"
 
 
+@contextmanager
+def _partition_lock(folder: Path) -> Iterator[None]:
+    """One submitter at a time for a partition: an advisory lock on ``<folder>/submit.lock``.
+
+    Held while the partition's batches are listed and the missing ones created, so two runs of the
+    same partition (a retried run and a backfill, two clicks) never both create a batch for one
+    shard: the second lists after the first created, and re-attaches. Every run worker of a
+    deployment shares the storage directory (see ``BatchProviderResource.storage_dir``), so the
+    lock covers one Dagster deployment; the OS frees it if its holder dies. Beyond it,
+    :meth:`_Pipeline.keep_first` reconciles after the fact.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "submit.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _first_by_fingerprint(provider: BatchProvider, tags: Mapping[str, str]) -> dict[str, Batch]:
+    """The oldest batch of each fingerprint among those ``tags`` find, leaving out batches that failed validation.
+
+    The oldest, because a fingerprint with several batches (submitters the partition lock did
+    not cover) keeps its first: every submitter agrees on it (see :meth:`_Pipeline.keep_first`).
+    A batch that failed validation ran nothing: its shard may go again.
+    """
+    first: dict[str, Batch] = {}
+    for batch in provider.find_batches(tags):  # newest first: the oldest comes last and stays
+        fingerprint = batch.metadata.get(_FINGERPRINT_TAG)
+        if fingerprint and batch.status != BatchStatus.FAILED:
+            first[fingerprint] = batch
+    return first
+
+
 def _first_requests(manifest: RequestManifest, count: int) -> list[Any]:
     """The first request lines of the first shard, for the asset page (long strings cut short)."""
     lines: list[Any] = []
@@ -672,6 +809,36 @@ def _preview(frame: pd.DataFrame) -> pd.DataFrame:
     """The first rows of a results table with the columns a reader looks at first."""
     wanted = ["custom_id", "outcome", *[c for c in frame.columns if c.startswith(_results.OUTPUT_PREFIX)], "content", "error_code", "attempt"]
     return frame[[c for c in dict.fromkeys(wanted) if c in frame.columns]].head(_PREVIEW_ROWS)
+
+
+def _refused(current: Round, batches: Mapping[str, Batch], max_resubmits: int) -> dict[tuple[int, int], int]:
+    """(attempt, shard) -> refusals so far, for shards whose latest batch was refused for a full queue and may go again."""
+    latest: dict[tuple[int, int], SubmittedBatch] = {}
+    tries: Counter[tuple[int, int]] = Counter()
+    for record in current.batches:
+        latest[record.attempt, record.shard] = record
+        tries[record.attempt, record.shard] += 1
+    return {
+        key: tries[key]
+        for key, record in latest.items()
+        if batches[record.batch_id].resubmit_later and tries[key] <= max_resubmits
+    }
+
+
+def _all_anomalies(found: Sequence[_results.ResultAnomalies]) -> _results.ResultAnomalies:
+    """The result lines of every attempt that could not be joined, counted together."""
+    if len(found) == 1:
+        return found[0]
+    return _results.ResultAnomalies(
+        lines_read=sum(a.lines_read for a in found),
+        unknown_lines=sum(a.unknown_lines for a in found),
+        unknown_examples=[e for a in found for e in a.unknown_examples][:20],
+        duplicate_ids=sum(a.duplicate_ids for a in found),
+        duplicate_lines=sum(a.duplicate_lines for a in found),
+        duplicate_examples=[e for a in found for e in a.duplicate_examples][:20],
+        corrupt_lines=sum(a.corrupt_lines for a in found),
+        corrupt_examples=[e for a in found for e in a.corrupt_examples][:20],
+    )
 
 
 def _explain_unfinished(frame: pd.DataFrame, sent: pd.DataFrame, by_shard: Mapping[int, Batch]) -> pd.DataFrame:

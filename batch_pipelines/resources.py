@@ -28,17 +28,20 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+import httpx
 from pydantic import Field
 
 from batch_pipelines.profiles import ProviderProfile, custom_profile, get_profile
 from batch_pipelines.providers import LOCAL, Batch, BatchProvider, make_provider
 from batch_pipelines.results import Prices
 
-__all__ = ["BatchProviderResource", "PIPELINE_TAG", "PARTITION_TAG"]
+__all__ = ["BatchProviderResource", "PIPELINE_TAG", "PARTITION_TAG", "RESUBMIT_TAG"]
 
 #: Batch metadata keys every pipeline tags its batches with (the cancel call finds them by these).
 PIPELINE_TAG = "bp_pipeline"
 PARTITION_TAG = "bp_partition"
+#: Batch metadata key counting how many times a shard was submitted again after a full queue.
+RESUBMIT_TAG = "bp_resubmit"
 
 
 class BatchProviderResource(dg.ConfigurableResource):
@@ -91,8 +94,29 @@ class BatchProviderResource(dg.ConfigurableResource):
     max_poll_interval_seconds: float = Field(
         default=300.0, ge=0, description="Longest wait between two polls of a long-running batch."
     )
+    request_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "Seconds to wait for one answer of the provider's HTTP API before retrying it (connecting: at most 10 s). "
+            "A create whose answer does not come in time is looked up at the provider, never sent twice."
+        ),
+    )
     max_concurrent_polls: int = Field(
         default=32, ge=1, description="Batches polled at the same time (a retrieve is a light GET; lower it for strict rate limits)."
+    )
+    resubmit_delay_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description=(
+            "Wait before submitting again a shard the provider refused because its queue of enqueued tokens was "
+            "full (a batch failed with token_limit_exceeded); doubles with each further refusal of the shard, up to 16-fold."
+        ),
+    )
+    max_resubmits: int = Field(
+        default=8,
+        ge=0,
+        description="Refusals for a full queue a shard gets submitted again after; then its rows are reported failed.",
     )
     delete_files_after_download: bool | None = Field(
         default=None,
@@ -120,7 +144,8 @@ class BatchProviderResource(dg.ConfigurableResource):
         """A new client for the configured provider (close it, or use it in a ``with`` block)."""
         if self.provider == LOCAL:
             return make_provider(LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, speed=self.local_speed)
-        return make_provider(self.profile, api_key=self.api_key, base_url=self.base_url)
+        timeout = httpx.Timeout(self.request_timeout_seconds, connect=min(10.0, self.request_timeout_seconds))
+        return make_provider(self.profile, api_key=self.api_key, base_url=self.base_url, timeout=timeout)
 
     @property
     def delete_files(self) -> bool:
@@ -155,6 +180,10 @@ class BatchProviderResource(dg.ConfigurableResource):
         if errors:
             delay = min(max(delay, 1.0) * 2 ** min(errors, 16), self.max_poll_interval_seconds)
         return delay
+
+    def resubmit_delay(self, refusals: int) -> float:
+        """Seconds to wait before submitting again a shard refused ``refusals`` times for a full queue."""
+        return self.resubmit_delay_seconds * 2 ** min(max(refusals - 1, 0), 4)
 
     def cancel_partitions(self, pipeline: str, partitions: Sequence[str]) -> list[Batch]:
         """Cancel every live batch a pipeline submitted for ``partitions``; returns those cancelled.

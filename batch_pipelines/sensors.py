@@ -12,7 +12,9 @@ each round's latest attempt in its cursor, polls the due ones concurrently withi
 (least recently polled first, the rest carried to the next tick), records progress as
 observations on ``<name>_batch``, and requests one ``<name>_results`` run when every batch of the
 attempt is terminal. A batch whose poll fails stays in flight with a growing delay; it never
-stops the others.
+stops the others. A batch the provider refused because its token queue was full holds its
+partition's results run back by the resource's ``resubmit_delay``: that run submits the shard
+again, and the queue has had time to drain.
 """
 
 import hashlib
@@ -26,6 +28,7 @@ import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batch_pipelines.providers import TERMINAL_STATUSES, Batch, BatchProvider
+from batch_pipelines.resources import RESUBMIT_TAG, BatchProviderResource
 
 __all__ = [
     "BATCHES_KEY",
@@ -188,6 +191,8 @@ class _Tracked(BaseModel):
     due_at: float = 0.0
     #: Consecutive polls that raised.
     errors: int = 0
+    #: time.time() before which the results run waits (a refusal for a full queue is resubmitted then).
+    hold_until: float = 0.0
 
 
 class _Group(BaseModel):
@@ -273,6 +278,7 @@ def build_batch_sensor(
                     entry.errors = 0
                     if _update(entry, answer):
                         changed.add(batch_id)
+                    _hold_if_refused(context, resource, entry, answer, now)
                 entry.due_at = now + resource.poll_delay(now - entry.seen_at, entry.errors)
             carried = len(due) - len(polled)
             if carried:
@@ -284,7 +290,7 @@ def build_batch_sensor(
         for group in cursor.groups:
             if any(b.id in changed for b in group.batches):
                 events.append(_progress(batch_key, group))
-            if group.done:
+            if group.done and max(b.hold_until for b in group.batches) <= now:
                 runs.append(_results_run(name, results_key, group))
             else:
                 remaining.append(group)
@@ -341,6 +347,17 @@ def _update(entry: _Tracked, batch: Batch) -> bool:
     counts = batch.request_counts
     entry.status, entry.completed, entry.failed, entry.total = str(batch.status), counts.completed, counts.failed, counts.total
     return before != (entry.status, entry.completed, entry.failed, entry.total)
+
+
+def _hold_if_refused(
+    context: dg.SensorEvaluationContext, resource: BatchProviderResource, entry: _Tracked, batch: Batch, now: float
+) -> None:
+    """A batch refused for a full queue, to be submitted again: wait a while before the results run does."""
+    refusals = int(batch.metadata.get(RESUBMIT_TAG, "0")) + 1
+    if batch.resubmit_later and refusals <= resource.max_resubmits:
+        delay = resource.resubmit_delay(refusals)
+        entry.hold_until = now + delay
+        context.log.warning(f"batch {batch.id} refused: the provider's queue is full; its shard goes again in {delay:.0f}s")
 
 
 def _progress(batch_key: dg.AssetKey, group: _Group) -> dg.AssetObservation:

@@ -17,7 +17,8 @@ announced (Content-Length) or found (while streaming) larger than the profile's
 display only; stored files are named by generated ids.
 
 HTTP faults: the service-wide :class:`FaultPlan`'s ``http_faults`` apply to every route except
-``/v1/_local/*``. Tests change them at runtime with ``app.state.faults.set(plan)`` (which also
+``/v1/_local/*``. A dropped connection shows in uvicorn's log as "ASGI callable returned without
+completing response": the server's own account of the cut. Tests change them at runtime with ``app.state.faults.set(plan)`` (which also
 sets the engine's row-level plan for new batches) or, over HTTP, ``PUT /v1/_local/faults`` with the
 plan as JSON body; either resets the "first N calls" counters.
 
@@ -46,7 +47,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batch_pipelines.local_service.engine import BatchEngine, ServiceError
 from batch_pipelines.local_service.faults import FaultPlan, HttpFault
@@ -229,7 +230,11 @@ def _starlette(routes: list[Route]) -> Starlette:
         message = f"Invalid URL ({request.method} {request.url.path})"
         return _error(ServiceError(status, message))
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    # Paths are served as written: a trailing slash is a 404, as at OpenAI, not a redirect that
+    # echoes the client's decoded path (``/batches/%2e%2e%2f`` -> ``Location: /batches/..``).
+    app.router.redirect_slashes = False
+    return app
 
 
 class _Guard:
@@ -253,16 +258,42 @@ class _Guard:
                 await _error(_wrong_key()).__call__(scope, receive, send)
                 return
         path: str = scope["path"]
-        if self._faults is not None and not path.startswith(_ADMIN_PREFIX):
-            fired = self._faults.firing(scope["method"], path)
-            delay = sum(rule.delay for rule in fired)
-            if delay:
-                await asyncio.sleep(delay)
-            failing = next((rule for rule in fired if rule.status is not None), None)
-            if failing is not None:
-                await _injected(failing).__call__(scope, receive, send)
-                return
-        await self._app(scope, receive, send)
+        fired = [] if self._faults is None or path.startswith(_ADMIN_PREFIX) else self._faults.firing(scope["method"], path)
+        before = [rule for rule in fired if not rule.after]
+        after = [rule for rule in fired if rule.after]
+        if await _misbehave(before, scope, receive, send):
+            return
+        if not after:
+            await self._app(scope, receive, send)
+            return
+        # Serve the call (it takes effect), keep its answer, then misbehave or send it late.
+        answer: list[Message] = []
+
+        async def keep(message: Message) -> None:
+            answer.append(message)
+
+        await self._app(scope, receive, keep)
+        if await _misbehave(after, scope, receive, send):
+            return
+        for message in answer:
+            await send(message)
+
+
+async def _misbehave(rules: list[HttpFault], scope: Scope, receive: Receive, send: Send) -> bool:
+    """Wait the rules' delays, then drop the connection or answer with an injected status; whether it answered."""
+    delay = sum(rule.delay for rule in rules)
+    if delay:
+        await asyncio.sleep(delay)
+    if any(rule.drop for rule in rules):
+        # Headers announcing a body that never comes: the server then closes the connection, and
+        # the client gets a transport error ("peer closed connection"), as on a reset.
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1")]})
+        return True
+    failing = next((rule for rule in rules if rule.status is not None), None)
+    if failing is None:
+        return False
+    await _injected(failing).__call__(scope, receive, send)
+    return True
 
 
 def _missing_key() -> ServiceError:

@@ -28,7 +28,11 @@ Row-level faults (applied while the batch is processed):
 HTTP faults (service-wide only; ``http_faults`` in a per-batch plan is rejected): each
 :class:`HttpFault` matches requests by ``fnmatch`` pattern on the path (and optionally the method)
 and answers the first ``times`` matches with ``status`` (with ``Retry-After``/``retry-after-ms``
-when ``retry_after`` is set) and/or after ``delay`` seconds.
+when ``retry_after`` is set) and/or after ``delay`` seconds, or cuts the connection (``drop``: the
+client gets a transport error, no HTTP status). By default the call never reaches the service: it
+has no effect. With ``after`` the service serves the call first (a batch is created, a file
+stored) and only its answer misbehaves: late, replaced by ``status``, or lost with the connection,
+the way a gateway or a flaky network loses the answer of a call that took effect.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class HttpFault(BaseModel):
     retry_after: float | None = None
     #: Seconds to wait before answering (slow responses).
     delay: float = Field(default=0.0, ge=0)
+    #: Cut the connection instead of answering (the client sees no status; ``status`` is ignored).
+    drop: bool = False
+    #: Serve the call first, then delay, replace (``status``) or drop its answer: the call took effect.
+    after: bool = False
 
 
 class FaultPlan(BaseModel):

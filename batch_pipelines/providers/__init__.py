@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from batch_pipelines.profiles import ProviderProfile
 from batch_pipelines.providers.base import (
+    RESUBMIT_LATER_CODES,
     TERMINAL_STATUSES,
     Batch,
     BatchError,
@@ -66,6 +67,7 @@ __all__ = [
     "OpenAICompatibleProvider",
     "PermissionDeniedError",
     "ProviderError",
+    "RESUBMIT_LATER_CODES",
     "RateLimitError",
     "RequestCounts",
     "ResultFiles",

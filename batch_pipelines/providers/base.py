@@ -24,6 +24,7 @@ __all__ = [
     "BatchProvider",
     "BatchStatus",
     "FileObject",
+    "RESUBMIT_LATER_CODES",
     "RequestCounts",
     "ResultFiles",
     "TERMINAL_STATUSES",
@@ -44,6 +45,10 @@ class BatchStatus(StrEnum):
 TERMINAL_STATUSES = frozenset(
     {BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
 )
+
+#: Batch-level error codes of a batch refused for a reason that passes, having run nothing: the
+#: provider's queue of enqueued tokens was full. Submitting the same file again later is the remedy.
+RESUBMIT_LATER_CODES = frozenset({"token_limit_exceeded"})
 
 
 class RequestCounts(BaseModel):
@@ -94,6 +99,11 @@ class Batch(BaseModel):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def resubmit_later(self) -> bool:
+        """Failed without running anything, for a reason that passes (see :data:`RESUBMIT_LATER_CODES`)."""
+        return self.status == BatchStatus.FAILED and any(e.code in RESUBMIT_LATER_CODES for e in self.errors)
 
 
 class FileObject(BaseModel):

@@ -158,3 +158,44 @@ def test_faults_change_at_runtime(local_service, tmp_path):
         assert httpx.put(f"{svc.base_url}/_local/faults", json={}).status_code == 401
     batch, output, errors = _run(svc, tmp_path)  # the row part applies to new batches
     assert output == [] and len(errors) == ROWS
+
+
+def test_dropped_connections_and_answers_lost_after_the_call_took_effect(local_service, tmp_path):
+    svc = local_service()
+    path = write_lines(tmp_path / "in.jsonl", [chat_line(0)])
+    stored = lambda: len(svc.engine.list_files()["data"])  # noqa: E731
+
+    def upload(timeout: float = 5.0) -> httpx.Response:
+        with path.open("rb") as fh:
+            return httpx.post(
+                svc.base_url + "/files",
+                headers={"Authorization": f"Bearer {svc.api_key}"},
+                files={"file": ("in.jsonl", fh)},
+                data={"purpose": "batch"},
+                timeout=timeout,
+            )
+
+    # Cut before the service saw the call: a transport error (no status at all), and nothing happened.
+    svc.set_faults(FaultPlan(http_faults=[HttpFault(route="/v1/files", drop=True, times=1)]))
+    with pytest.raises(httpx.TransportError):
+        upload()
+    assert stored() == 0
+    # Served, then cut / answered 502 / answered after the client gave up: the file exists each time.
+    for fault, error in (
+        (HttpFault(route="/v1/files", drop=True, after=True), httpx.TransportError),
+        (HttpFault(route="/v1/files", status=502, after=True), None),
+        (HttpFault(route="/v1/files", status=None, delay=1.0, after=True), httpx.ReadTimeout),
+    ):
+        before = stored()
+        svc.set_faults(FaultPlan(http_faults=[fault]))
+        if error is None:
+            assert upload().status_code == 502
+        else:
+            with pytest.raises(error):
+                upload(timeout=0.3)
+        deadline = time.monotonic() + 10  # a late answer's call may still be finishing
+        while stored() != before + 1:
+            assert time.monotonic() < deadline, f"{fault}: the call took no effect"
+            time.sleep(0.02)
+    # The rule is spent: the next call is answered normally.
+    assert upload().status_code == 200

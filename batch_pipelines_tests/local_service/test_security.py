@@ -14,18 +14,22 @@ from batch_pipelines_tests.local_service.support import CHAT, chat_line, sdk, wr
 ERROR_KEYS = {"message", "type", "param", "code"}
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [("GET", "/files"), ("POST", "/files"), ("GET", "/batches"), ("POST", "/batches"), ("GET", "/batches/batch_x"), ("GET", "/nowhere")],
-)
-def test_every_route_wants_the_bearer_key(local_service, method, path):
+def test_every_route_wants_the_bearer_key(local_service, tmp_path):
     svc = local_service(api_key="sk-test-secret")
-    for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "sk-test-secret"}):
-        answer = httpx.request(method, svc.base_url + path, headers=headers)
-        assert answer.status_code == 401
-        error = answer.json()["error"]
-        assert set(error) == ERROR_KEYS and error["type"] == "invalid_request_error"
-        assert "sk-wrong" not in answer.text and "sk-test-secret" not in answer.text
+    # Every route the app has, with real ids in its path parameters, and one it does not have.
+    stored = sdk(svc).files.create(file=write_lines(tmp_path / "in.jsonl", [chat_line(0)]), purpose="batch")
+    batch = sdk(svc).batches.create(input_file_id=stored.id, endpoint=CHAT, completion_window="24h")
+    ids = {"file_id": stored.id, "batch_id": batch.id}
+    calls = [(method, route.path.format(**ids)) for route in svc.app.routes for method in sorted(route.methods)]
+    assert len(calls) >= 10
+    for method, path in [*calls, ("GET", "/v1/nowhere")]:
+        for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "sk-test-secret"}):
+            answer = httpx.request(method, svc.base_url.removesuffix("/v1") + path, headers=headers)
+            assert answer.status_code == 401, (method, path)
+            if method != "HEAD":
+                error = answer.json()["error"]
+                assert set(error) == ERROR_KEYS and error["type"] == "invalid_request_error"
+                assert "sk-wrong" not in answer.text and "sk-test-secret" not in answer.text
     with pytest.raises(openai.AuthenticationError) as info:
         openai.OpenAI(api_key="sk-nope", base_url=svc.base_url, max_retries=0).batches.list()
     assert info.value.code == "invalid_api_key"
@@ -100,6 +104,9 @@ def test_file_names_and_ids_never_leave_the_data_dir(local_service, tmp_path):
         assert b"SQLite" not in answer.content
     with pytest.raises(openai.BadRequestError):
         client.batches.create(input_file_id="../state.sqlite3", endpoint=CHAT, completion_window="24h")
+    for batch_id in ("..%2F..%2Fstate.sqlite3", "batch_..", "%2e%2e%2f"):
+        for method, tail in (("GET", ""), ("POST", "/cancel")):
+            assert httpx.request(method, f"{svc.base_url}/batches/{batch_id}{tail}", headers=headers).status_code == 404
 
 
 def test_malformed_uploads_are_400s(local_service):

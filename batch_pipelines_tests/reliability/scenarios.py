@@ -1,0 +1,355 @@
+"""The reliability scenarios: the pipeline end to end under each fault, with every row counted.
+
+Each scenario plays one fault in a fresh :class:`~batch_pipelines_tests.reliability.world.World`
+(a temporary Dagster instance, the local batch service over HTTP, a 200-row table over two daily
+partitions) and checks its own expectations; :func:`run_scenario` then measures rows in, rows
+accounted for, batches created, duplicate submissions and final outcome counts.
+
+``python -m batch_pipelines_tests.reliability [name ...]`` (``make reliability``) prints one table
+row per fault and ends with ``reliability: faults=N rows_lost=0 duplicate_submissions=0``, exiting
+1 if any row was lost, paid twice or unaccounted for, or an expectation failed.
+``test_scenarios.py`` runs the same scenarios under pytest.
+"""
+
+import contextlib
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dagster as dg
+
+from batch_pipelines.local_service import FaultPlan, HttpFault
+from batch_pipelines_tests.dagster.child import CRASH_EXIT
+from batch_pipelines_tests.dagster.test_pipeline import run_child
+from batch_pipelines_tests.reliability.world import (
+    PARTITIONS,
+    ROWS,
+    Measured,
+    Scenario,
+    ServedProcess,
+    World,
+    batch_faults,
+    every_endpoint,
+    expect,
+    run_scenario,
+)
+
+__all__ = ["SCENARIOS", "main", "table"]
+
+SCENARIOS: list[Scenario] = []
+FIRST, SECOND = PARTITIONS
+
+
+def scenario(fault: str, **setting: Any) -> Callable[[Callable[[World], None]], Callable[[World], None]]:
+    def register(play: Callable[[World], None]) -> Callable[[World], None]:
+        SCENARIOS.append(Scenario(fault, play, **setting))
+        return play
+
+    return register
+
+
+def all_succeeded(world: World) -> None:
+    outcomes = Counter(world.results()["outcome"].astype(str))
+    expect(set(outcomes) == {"succeeded"}, f"outcomes {dict(outcomes)}")
+
+
+def one_batch_per_shard(world: World) -> None:
+    count = len(world.batches())
+    expect(count == len(world.partitions), f"{count} batches for {len(world.partitions)} shards")
+
+
+@scenario("none (baseline)")
+def baseline(world: World) -> None:
+    world.submit()
+    world.drive()
+    all_succeeded(world)
+    one_batch_per_shard(world)
+
+
+@scenario("HTTP 429 storm with Retry-After, every endpoint", resource={"delete_files_after_download": True})
+def rate_limited(world: World) -> None:
+    # Each endpoint refuses its first 3 calls; creating a batch is refused 7 times in a row, more
+    # than the client retries (5): that run fails, and is launched again.
+    faults = every_endpoint(status=429, retry_after=0.05, times=3)
+    faults += (HttpFault(route="/v1/batches", method="POST", status=429, retry_after=0.05, times=7),)
+    world.service.set_faults(FaultPlan(http_faults=faults))
+    world.submit()
+    world.drive()
+    all_succeeded(world)
+    one_batch_per_shard(world)
+    expect(world.failed_runs >= 1, "the create storm outlasted the client's retries: a run should have failed")
+
+
+@scenario("HTTP 5xx bursts (500, 502, 503), every endpoint", resource={"delete_files_after_download": True})
+def server_errors(world: World) -> None:
+    faults = every_endpoint(status=500, times=1) + every_endpoint(status=503, retry_after=0.05, times=2)
+    # A gateway's 502 once the service created the batch: the create took effect, its answer is lost.
+    faults += (HttpFault(route="/v1/batches", method="POST", status=502, after=True, times=1),)
+    world.service.set_faults(FaultPlan(http_faults=faults))
+    world.submit()
+    world.drive()
+    all_succeeded(world)
+    one_batch_per_shard(world)
+
+
+@scenario("connection resets, every endpoint", resource={"delete_files_after_download": True})
+def connection_resets(world: World) -> None:
+    faults = every_endpoint(drop=True, times=1) + (
+        HttpFault(route="/v1/batches", method="POST", drop=True, after=True, times=1),  # created, answer lost
+        HttpFault(route="/v1/files/*/content", method="GET", drop=True, after=True, times=1),
+    )
+    world.service.set_faults(FaultPlan(http_faults=faults))
+    world.submit()
+    world.drive()
+    all_succeeded(world)
+    one_batch_per_shard(world)
+
+
+@scenario("responses slower than the client timeout", resource={"request_timeout_seconds": 1.0})
+def slow_responses(world: World) -> None:
+    # Every create is served, then answered after the client gave up waiting: it must find the
+    # batch it created, not create another.
+    late = dict(status=None, delay=1.5, after=True)
+    faults = (
+        HttpFault(route="/v1/batches", method="POST", times=None, **late),
+        HttpFault(route="/v1/batches/batch_*", method="GET", times=1, **late),
+        HttpFault(route="/v1/files/*/content", method="GET", times=1, **late),
+    )
+    world.service.set_faults(FaultPlan(http_faults=faults))
+    world.submit()
+    world.drive()
+    all_succeeded(world)
+    one_batch_per_shard(world)
+
+
+@scenario(
+    "batch validation failure (invalid file)",
+    pipeline={"batch_tags": batch_faults({FIRST: FaultPlan(validation_error="invalid_file_format")})},
+)
+def invalid_file(world: World) -> None:
+    world.submit()
+    world.drive()
+    frame = world.harness.results(FIRST)
+    expect(set(frame["outcome"]) == {"failed"} and set(frame["error_code"]) == {"invalid_file_format"}, "rows failed with the batch's error")
+    expect(set(world.harness.results(SECOND)["outcome"]) == {"succeeded"}, "the other day is untouched")
+    one_batch_per_shard(world)  # a file the provider finds invalid is reported, not sent again
+
+
+@scenario("batch validation failure: token_limit_exceeded (queue full)")
+def queue_full(world: World) -> None:
+    world.service.set_faults(FaultPlan(validation_error="token_limit_exceeded"))
+    world.submit()
+    refused = world.wait_batches(lambda bs: all(b["status"] == "failed" for b in bs), what="the refusals")
+    world.service.set_faults(FaultPlan())  # the queue drains
+    expect(not world.tick().run_requests, "the refused shards must wait resubmit_delay before going again")
+    world.drive()
+    all_succeeded(world)
+    count = len(world.batches())
+    expect(count == 2 * len(refused), f"{count} batches: each refused shard should go exactly once more")
+    expect(world.metadata(world.pipeline.results_asset, FIRST)["attempts"] == 1, "a full queue costs the rows no attempt")
+
+
+@scenario(
+    "expiry with partial output",
+    service={"time_scale": 86400 / 3},  # the 24h window lasts 3 s
+    pipeline={"batch_tags": batch_faults({None: FaultPlan(row_delay=0.05)})},  # 100 rows would take 5 s
+)
+def expiry(world: World) -> None:
+    world.submit()
+    world.drive()
+    all_succeeded(world)
+    first = world.first_batches()
+    expect({b["status"] for b in first} == {"expired"}, f"statuses {[b['status'] for b in first]}")
+    expect(all(b["output_file_id"] for b in first), "an expired batch returns the rows it finished")
+    attempts = Counter(world.results()["attempt"].tolist())
+    expect(attempts[1] and attempts[2], f"rows per attempt {dict(attempts)}: finished rows kept, the rest sent again")
+
+
+@scenario("cancellation mid-flight", pipeline={"batch_tags": batch_faults({None: FaultPlan(row_delay=0.05)})})
+def cancellation(world: World) -> None:
+    world.submit()
+    world.wait_batches(
+        lambda bs: all(b["status"] == "in_progress" and b["request_counts"]["completed"] >= 5 for b in bs),
+        what="batches half way",
+    )
+    job = world.harness.defs.resolve_job_def(world.pipeline.cancel_job.name)
+    config = {"ops": {"classify_cancel_batches": {"config": {"partitions": list(world.partitions)}}}}
+    expect(job.execute_in_process(instance=world.instance, run_config=config).success, "the cancel job failed")
+    world.drive()
+    outcomes = Counter(world.results()["outcome"].astype(str))
+    expect(set(outcomes) == {"succeeded", "cancelled"}, f"outcomes {dict(outcomes)}")
+    one_batch_per_shard(world)  # cancelled rows are not sent again
+
+
+@scenario(
+    "completed batch with no output file",
+    pipeline={"batch_tags": batch_faults({FIRST: FaultPlan(row_failures={500: 1.0}), SECOND: FaultPlan(no_output_file=True)})},
+)
+def no_output_file(world: World) -> None:
+    world.submit()
+    world.drive()
+    all_succeeded(world)
+    first = world.first_batches()
+    expect(all(b["status"] == "completed" and b["output_file_id"] is None for b in first), "completed, without output file")
+
+
+@scenario("rows missing from both files", pipeline={"batch_tags": batch_faults({None: FaultPlan(missing_rows=7, seed=4)})})
+def missing_rows(world: World) -> None:
+    world.submit()
+    world.drive()
+    all_succeeded(world)
+    expect((world.results()["attempt"] == 2).sum() == 14, "the 7 missing rows of each day were sent again")
+
+
+@scenario("corrupt result lines", pipeline={"batch_tags": batch_faults({None: FaultPlan(corrupt_lines=3, seed=5)})})
+def corrupt_lines(world: World) -> None:
+    world.submit()
+    world.drive()
+    all_succeeded(world)
+    found = world.metadata(world.pipeline.results_asset, FIRST)["corrupt_lines"]
+    expect(found == 3, f"corrupt_lines metadata {found}, wanted 3")
+
+
+@scenario(
+    "duplicate and unknown custom_ids",
+    pipeline={"batch_tags": batch_faults({None: FaultPlan(duplicate_lines=4, unknown_lines=3, seed=6)})},
+)
+def duplicate_and_unknown_ids(world: World) -> None:
+    world.submit()
+    world.drive()
+    all_succeeded(world)
+    meta = world.metadata(world.pipeline.results_asset, FIRST)
+    found = (meta["duplicate_lines"], meta["unknown_lines"])
+    expect(found == (4, 3), f"duplicate and unknown lines in the metadata: {found}, wanted (4, 3)")
+
+
+@scenario(
+    "service killed and restarted on its data dir",
+    subprocess=True,
+    pipeline={"batch_tags": batch_faults({None: FaultPlan(row_delay=0.05)}), "sensor_tick_budget_seconds": 1.0},
+)
+def service_restarted(world: World) -> None:
+    served = world.service
+    assert isinstance(served, ServedProcess)
+    world.submit()
+    world.wait_batches(
+        lambda bs: all(b["status"] == "in_progress" and b["request_counts"]["completed"] >= 10 for b in bs),
+        what="batches in progress",
+    )
+    served.kill()
+    for _ in range(2):
+        expect(not world.tick().run_requests, "nothing is launched while the service is down")
+    served.start()
+    world.drive()
+    all_succeeded(world)
+    one_batch_per_shard(world)  # the batches resumed where they stopped; none was submitted again
+    meta = world.metadata(world.pipeline.results_asset, FIRST)
+    expect(meta["duplicate_lines"] == 0 and meta["attempts"] == 1, "a resumed batch wrote no row twice")
+
+
+@scenario("submitting run killed between the provider's accept and Dagster's record")
+def crash_after_accept(world: World) -> None:
+    h = world.harness
+    world.run([h.texts, h.pipeline.requests_asset], FIRST)
+    child = run_child("crash", world.service, world.storage, world.instance, CHILD_ROWS=str(ROWS))  # submits FIRST
+    _, stderr = child.communicate(timeout=120)
+    expect(child.returncode == CRASH_EXIT, f"the child should die right after the accept: {stderr.decode()[-300:]}")
+    expect(len(world.batches()) == 1, "the provider accepted the batch")
+    world.submit()  # the killed run launched again, and the other day
+    expect(world.metadata(h.pipeline.batch_asset, FIRST)["reattached"] == 1, "the accepted batch is re-attached")
+    world.drive()
+    all_succeeded(world)
+    one_batch_per_shard(world)
+
+
+@scenario("sensor (daemon) restarted mid-poll", pipeline={"batch_tags": batch_faults({None: FaultPlan(row_delay=0.04)})})
+def daemon_restarted(world: World) -> None:
+    world.submit()
+    world.tick()
+    saved = world.harness.cursor
+    world.wait_batches(lambda bs: all(b["status"] == "completed" for b in bs), what="batches done")
+    lost = world.evaluate()  # the daemon dies in this tick: its cursor, events and runs are never stored
+    expect(lost.run_requests, "the lost tick would have launched results runs")
+    world.restart_daemon(saved)
+    tick = world.harness.tick()  # this daemon launches one run, then dies before storing its cursor
+    expect(tick.run_requests, "the restarted daemon finds the finished batches")
+    world.launch(tick.run_requests[0])
+    world.restart_daemon(saved)
+    world.drive()
+    all_succeeded(world)
+    keys = world.launched_run_keys()
+    expect(len(keys) == len(world.partitions) and set(keys.values()) == {1}, f"runs per run key {dict(keys)}")
+
+
+@scenario("two submits of one partition racing")
+def racing_submits(world: World) -> None:
+    h = world.harness
+    for partition in world.partitions:
+        world.run([h.texts, h.pipeline.requests_asset], partition)
+    # Lists are answered late, as they were when the call came: without the lock, both runs would
+    # miss the other's batch and create their own.
+    slow_list = HttpFault(route="/v1/batches", method="GET", status=None, delay=1.5, after=True, times=2)
+    world.service.set_faults(FaultPlan(http_faults=(slow_list,)))
+    codes = world.race_submits(FIRST, [world.storage, world.storage])
+    expect(codes == [0, 0], f"racing runs exited {codes}")
+    world.run([h.pipeline.batch_asset], SECOND)
+    world.drive()
+    all_succeeded(world)
+    one_batch_per_shard(world)
+    submitted = sorted(m.get("submitted") for m in _materializations(world, FIRST))
+    expect(submitted == [0, 1], f"one run submitted, the other re-attached: {submitted}")
+
+
+def _materializations(world: World, partition: str) -> list[dict[str, Any]]:
+    records = world.instance.fetch_materializations(
+        dg.AssetRecordsFilter(world.pipeline.batch_asset.key, asset_partitions=[partition]), limit=100
+    ).records
+    return [{k: getattr(v, "value", v) for k, v in r.asset_materialization.metadata.items()} for r in records]
+
+
+# ---- the table --------------------------------------------------------------------------------------
+
+
+def table(rows: Sequence[tuple[Scenario, Measured]]) -> str:
+    """One row per fault: rows in, accounted for, batches, duplicates, lost, then the outcome counts."""
+    header = ("fault", "rows in", "accounted", "batches", "duplicates", "lost", "run retries", "seconds", "outcomes")
+    cells = [
+        (
+            s.fault,
+            *(str(v) for v in (m.rows_in, m.rows_accounted, m.batches, m.duplicate_submissions, m.rows_lost, m.failed_runs)),
+            f"{m.seconds:.1f}",
+            " ".join(f"{k}={v}" for k, v in m.outcomes.items()) + ("" if m.ok else f"  FAILED: {m.problem or 'counts'}"),
+        )
+        for s, m in rows
+    ]
+    widths = [max(len(c) for c in column) for column in zip(header, *cells)]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in (0, len(row) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    names = list(sys.argv[1:] if argv is None else argv)
+    chosen = [s for s in SCENARIOS if not names or s.name in names]
+    if len(chosen) != len(names or SCENARIOS):
+        print(f"reliability: unknown scenario in {names}; known: {[s.name for s in SCENARIOS]}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    done: list[tuple[Scenario, Measured]] = []
+    progress = sys.stderr
+    # Dagster logs every run event to stderr: the table is the report.
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+        for s in chosen:
+            done.append((s, run_scenario(s)))
+            print(f"reliability: {s.name}: {'ok' if done[-1][1].ok else 'FAILED'} in {done[-1][1].seconds:.1f}s", file=progress, flush=True)
+    print(table(done))
+    print(f"reliability: {len(done)} scenarios in {time.monotonic() - started:.0f}s", file=progress)
+    lost = sum(m.rows_lost for _, m in done)
+    duplicates = sum(m.duplicate_submissions for _, m in done)
+    print(f"reliability: faults={len(done)} rows_lost={lost} duplicate_submissions={duplicates}")
+    return 0 if all(m.ok for _, m in done) else 1
