@@ -523,7 +523,7 @@ class _Pipeline:
                 f"the source has {len(source)} rows but the request files were built from {first.rows}: "
                 f"the source changed since; materialize {self.name}_requests and {self.name}_batch again"
             )
-        ids = _aligned_ids(source, first)
+        ids = _results.manifest_custom_ids(first, source.index)
         with resource.get_provider() as provider, self.cancel_if_stopped(context, provider, partition) as watched:
             while True:
                 watched[:] = [b.batch_id for b in current.batches]
@@ -791,18 +791,6 @@ def _markdown(frame: pd.DataFrame, width: int = 80) -> str:
     rule = "|" + "---|" * len(frame.columns)
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
-
-
-def _aligned_ids(source: pd.DataFrame, manifest: RequestManifest) -> pd.Series:
-    """Each source row's custom_id, from the manifest's map (None for rows rejected without one)."""
-    ids = pd.Series(pd.NA, index=source.index, dtype="str", name="custom_id")
-    sent = manifest.read_ids()
-    positions = sent["row"].to_numpy()
-    ids.iloc[positions] = sent["custom_id"].to_numpy(dtype=object)
-    for row in manifest.rejected:
-        if row.custom_id is not None:
-            ids.iloc[row.row] = row.custom_id
-    return ids
 
 
 def _preview(frame: pd.DataFrame) -> pd.DataFrame:
