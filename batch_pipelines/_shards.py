@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -18,6 +17,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
 
 LARGE_TEXT = pa.large_string()
 SHARD_GLOB = "shard-*.jsonl"
@@ -41,14 +41,26 @@ class Chunk(NamedTuple):
     weights: np.ndarray | None = None  # embedding inputs per line; None: one each
 
 
-@dataclass(frozen=True)
-class ShardFile:
+class Shard(BaseModel):
+    """One request file as written."""
+
+    model_config = ConfigDict(frozen=True)
+
     path: Path
     rows: int
     bytes: int
     sha256: str
     first_custom_id: str
     last_custom_id: str
+    attempt: int = 1
+
+    def fingerprint(self, provider: str, endpoint: str) -> str:
+        """Identity of this submission: the content, where it goes, and which attempt it is.
+
+        The attempt takes part so that a retry whose rows happen to be exactly those of an expired
+        batch makes a new batch instead of re-attaching to the expired one.
+        """
+        return hashlib.sha256(f"{self.sha256}\n{provider}\n{endpoint}\n{self.attempt}".encode()).hexdigest()
 
 
 # What JSON writes for each byte inside a string, as orjson writes it (so our lines are
@@ -172,7 +184,7 @@ class ShardWriter:
         self.keys = keys
         self.ids_path = ids_path
         self.dry = dry
-        self.shards: list[ShardFile] = []
+        self.shards: list[Shard] = []
         # Where the cuts fall (caller's thread): the shard being filled and how full it is.
         self._shard = 0
         self._bytes = self._rows = self._inputs = 0
@@ -263,7 +275,9 @@ class ShardWriter:
             return
         self._file.close()
         rows, size, first, last = self._stats
-        self.shards.append(ShardFile(Path(self._file.name), rows, size, self._hash.hexdigest(), first, last))
+        self.shards.append(
+            Shard(path=Path(self._file.name), rows=rows, bytes=size, sha256=self._hash.hexdigest(), first_custom_id=first, last_custom_id=last)
+        )
         self._file = None
 
     def _wait(self) -> None:
@@ -271,7 +285,7 @@ class ShardWriter:
             pending, self._pending = self._pending, None
             pending.result()
 
-    def close(self) -> list[ShardFile]:
+    def close(self) -> list[Shard]:
         try:
             self._wait()
         finally:

@@ -47,7 +47,7 @@ from batch_pipelines._lines import (
 )
 from batch_pipelines._lines import Field as _Field
 from batch_pipelines._media import MediaFile, MediaKind, MediaTransport, MediaUploader
-from batch_pipelines._shards import LARGE_TEXT, SHARD_GLOB, Chunk, Limits, ShardWriter, drop_lines
+from batch_pipelines._shards import LARGE_TEXT, SHARD_GLOB, Chunk, Limits, Shard, ShardWriter, drop_lines
 from batch_pipelines.profiles import ALL_ENDPOINTS, CHAT_COMPLETIONS, CUSTOM_ID_PATTERN, EMBEDDINGS, RESPONSES, ProviderProfile
 
 __all__ = [
@@ -448,28 +448,6 @@ def _custom_ids(keys: pd.Series, *, unique: bool | None = None) -> tuple[_Ids, l
 # ---- manifest ----------------------------------------------------------------------------------
 
 
-class Shard(BaseModel):
-    """One request file as written."""
-
-    model_config = ConfigDict(frozen=True)
-
-    path: Path
-    rows: int
-    bytes: int
-    sha256: str
-    first_custom_id: str
-    last_custom_id: str
-    attempt: int = 1
-
-    def fingerprint(self, provider: str, endpoint: str) -> str:
-        """Identity of this submission: the content, where it goes, and which attempt it is.
-
-        The attempt takes part so that a retry whose rows happen to be exactly those of an expired
-        batch makes a new batch instead of re-attaching to the expired one.
-        """
-        return hashlib.sha256(f"{self.sha256}\n{provider}\n{endpoint}\n{self.attempt}".encode()).hexdigest()
-
-
 class RequestManifest(BaseModel):
     """What build_request_files wrote: shards, rejected rows and the custom_id map.
 
@@ -618,7 +596,7 @@ def build_request_files(
         raise
     if found.failing:
         raise RequestValidationError(found.problems, total_rows=len(df), context=context)
-    shards = [Shard(**vars(s), attempt=attempt) for s in written]
+    shards = [s.model_copy(update={"attempt": attempt}) for s in written]
     manifest = RequestManifest(
         provider=profile.name,
         endpoint=spec.endpoint,
