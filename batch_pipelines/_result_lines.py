@@ -9,6 +9,12 @@ next one is read, so no dict per line is kept and memory stays bounded by a chun
 
 New formats and endpoints plug in without touching the join: a parser filling an
 :class:`_Envelope`, a reader with the names of its columns.
+
+The common line, a chat completion that succeeded, takes a faster road: msgspec decodes it straight
+into the few fields the join reads (:class:`_ChatLine`) and skips the rest of the line without
+building it, which costs less than building the whole line as dicts. A line that road does not
+take (a failure, an unexpected shape or type, bad JSON) goes down the general one instead, so the
+fast road only ever speeds up lines whose answer it would not change.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -89,7 +96,7 @@ def iter_result_lines(path: Path, *, line_format: LineFormat = "openai") -> Iter
     line_no = 0
     for lines in _line_chunks(Path(path)):
         envelope = _Envelope(width=1)
-        first, line_no = line_no + 1, parse(lines, line_no, envelope, _whole_body)
+        first, line_no = line_no + 1, parse(lines, line_no, envelope, _whole_body, None)
         skipped = {n for n, _, _ in envelope.corrupt} | set(envelope.blank)
         numbers = (n for n in range(first, line_no + 1) if n not in skipped)
         unsuccessful = {i: rest for i, *rest in envelope.unsuccessful}
@@ -158,18 +165,33 @@ _LINE_ERRORS = (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, 
 _END_OUTCOMES = {"batch_expired": EXPIRED, "batch_cancelled": CANCELLED}
 
 
-def _parse_openai(lines: list[bytes], line_no: int, out: _Envelope, read: _Read) -> int:
+def _parse_openai(lines: list[bytes], line_no: int, out: _Envelope, read: _Read, typed: _Typed | None) -> int:
     """OpenAI-style lines: ``{id, custom_id, response: {status_code, request_id, body} | null, error}``.
 
     HTTP failures carry ``response.status_code >= 400`` and ``response.body.error``; failures with
     no HTTP answer carry ``error.code`` (batch_expired, batch_cancelled, request_timeout...).
-    Classification reads the line, not the file it came from.
+    Classification reads the line, not the file it came from. ``typed``, the endpoint's typed
+    decoder if it has one, is tried first; what it does not take, ``read`` reads.
     """
-    # Bound methods in locals and the success path first and inline: this loop runs once per line.
+    # Bound methods in locals and the success paths first and inline: this loop runs once per line.
     loads, add_id, add_status, add_fields = _loads, out.custom_id.append, out.status_code.append, out.fields.extend
+    decode = typed.decode if typed is not None else None
     failure: _Failure
     for raw in lines:
         line_no += 1
+        if decode is not None:
+            try:
+                line = decode(raw)
+                response = line.response
+                if response is not None and 200 <= response.status_code < 300 and response.body is not None:
+                    values = response.body.values()
+                    if values is not None:
+                        add_fields(values)
+                        add_id(line.custom_id)
+                        add_status(response.status_code)
+                        continue
+            except msgspec.DecodeError:  # bad JSON or an unexpected type: the general road says what it is
+                pass
         try:
             record = loads(raw)
             custom_id = record["custom_id"]
@@ -213,7 +235,7 @@ _ANTHROPIC_STATUS = {
 }
 
 
-def _parse_anthropic(lines: list[bytes], line_no: int, out: _Envelope, read: _Read) -> int:
+def _parse_anthropic(lines: list[bytes], line_no: int, out: _Envelope, read: _Read, typed: _Typed | None) -> int:
     """Anthropic Message Batches lines: ``{custom_id, result: {type: succeeded|errored|canceled|expired}}``.
 
     Canceled and expired results get OpenAI's codes (batch_cancelled, batch_expired) and errored
@@ -257,7 +279,7 @@ def _parse_anthropic(lines: list[bytes], line_no: int, out: _Envelope, read: _Re
     return line_no
 
 
-_PARSERS: dict[str, Callable[[list[bytes], int, _Envelope, _Read], int]] = {
+_PARSERS: dict[str, Callable[[list[bytes], int, _Envelope, _Read, _Typed | None], int]] = {
     "openai": _parse_openai,
     "anthropic": _parse_anthropic,
 }
@@ -319,6 +341,61 @@ def _chat_fields(body: dict[str, Any]) -> tuple[Any, ...]:
         usage.get("total_tokens"),
         details.get("cached_tokens"),
     )
+
+
+# The typed road for chat completions: the fields _chat_fields reads and nothing else. Every field
+# is as strict as _chat_fields is or stricter (a line it refuses goes to _chat_fields), and a body it
+# takes gives what _chat_fields gives for it. gc=False: these objects never hold a cycle, and
+# leaving them out of the collector's count keeps a million of them from triggering collections.
+
+
+class _ChatMessage(msgspec.Struct, gc=False):
+    content: str | None
+
+
+class _ChatChoice(msgspec.Struct, gc=False):
+    message: _ChatMessage
+    finish_reason: str | None = None
+
+
+class _PromptDetails(msgspec.Struct, gc=False):
+    cached_tokens: int | None = None
+
+
+class _ChatUsage(msgspec.Struct, gc=False):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: _PromptDetails | None = None
+
+
+class _ChatBody(msgspec.Struct, gc=False):
+    choices: list[_ChatChoice] = []
+    usage: _ChatUsage | None = None
+
+    def values(self) -> tuple[Any, ...] | None:
+        """What _chat_fields returns for this body; None when it has no choice (_chat_fields says why)."""
+        if not self.choices:
+            return None
+        choice, usage = self.choices[0], self.usage
+        if usage is None:
+            return choice.message.content, choice.finish_reason, None, None, None, None
+        details = usage.prompt_tokens_details
+        cached = None if details is None else details.cached_tokens
+        return choice.message.content, choice.finish_reason, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, cached
+
+
+class _ChatResponse(msgspec.Struct, gc=False):
+    status_code: int
+    body: _ChatBody | None = None
+
+
+class _ChatLine(msgspec.Struct, gc=False):
+    custom_id: str
+    response: _ChatResponse | None = None
+
+
+_Typed = msgspec.json.Decoder  # decodes a line to an object with .custom_id and .response (.status_code, .body.values())
 
 
 def _completion_fields(body: dict[str, Any]) -> tuple[Any, ...]:
@@ -407,6 +484,10 @@ _READERS: dict[str, tuple[tuple[str, ...], _Read]] = {
 }
 
 
+#: endpoint -> the typed decoder tried before its reader (OpenAI line format only).
+_TYPED: dict[str, _Typed] = {CHAT_COMPLETIONS: msgspec.json.Decoder(_ChatLine)}
+
+
 def content_columns(endpoint: str) -> tuple[str, ...]:
     """The columns an endpoint's answers fill besides the tokens; ValueError for an unknown endpoint."""
     try:
@@ -443,7 +524,7 @@ class LineTable:
 def read_lines(paths: Sequence[tuple[int, Path]], endpoint: str) -> LineTable:
     """Read ``(file index, path)`` pairs a chunk of lines at a time into one :class:`LineTable`."""
     names = (*content_columns(endpoint), *TOKEN_COLUMNS)
-    read = _READERS[endpoint][1]
+    read, typed = _READERS[endpoint][1], _TYPED.get(endpoint)
     parse = _PARSERS[line_format_of(endpoint)]
     types = {name: COLUMN_TYPES[name] for name in ("custom_id", "status_code", "error_code", "error_message", *names)}
     parts: dict[str, list[Any]] = {name: [] for name in ("outcome", *types)}
@@ -454,7 +535,7 @@ def read_lines(paths: Sequence[tuple[int, Path]], endpoint: str) -> LineTable:
         line_no = 0
         for lines in _line_chunks(path):
             envelope = _Envelope(width=len(names))
-            line_no = parse(lines, line_no, envelope, read)
+            line_no = parse(lines, line_no, envelope, read, typed)
             del lines
             n = len(envelope.custom_id)
             read_so_far += n

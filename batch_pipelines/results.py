@@ -20,9 +20,10 @@ source rows (checked, not assumed). :func:`summarize` gives counts, tokens and c
 :func:`plan_retry`, :func:`build_retry_requests` and :func:`merge_attempts` send again what failed
 for a retryable reason and keep each row's final outcome across attempts.
 
-Why it is fast and small: lines are read a chunk at a time, each parsed with orjson, and only the
-fields the join needs are kept, in flat lists that become Arrow arrays before the next chunk is
-read (:mod:`batch_pipelines._result_lines`; OpenAI's and Anthropic's line formats plug in there).
+Why it is fast and small: lines are read a chunk at a time; a chat completion line is decoded by
+msgspec straight into the fields the join needs (orjson parses any other line whole), and only those
+fields are kept, in flat lists that become Arrow arrays before the next chunk is read
+(:mod:`batch_pipelines._result_lines`; OpenAI's and Anthropic's line formats plug in there).
 One hash pass (Arrow dictionary encoding) matches lines to rows; then each line column is taken to
 source order and let go, its memory handed back at once, so the peak stays near the line columns
 plus the result.

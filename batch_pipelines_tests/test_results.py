@@ -13,6 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 import orjson
 import pandas as pd
@@ -119,6 +120,89 @@ def test_iter_result_lines_normalizes_every_kind_and_keeps_reading_past_a_corrup
     assert records[1].error_message == "slow down" and records[1].body is None
     assert [(c.line_no, c.custom_id) for c in corrupt] == [(3, "c"), (7, None)]  # the blank line 4 is no record
     assert "not valid JSON" in corrupt[0].message
+
+
+def _variant(cid: str, change: Any) -> dict[str, Any]:
+    line = ok(cid, cached=3)
+    change(line, line["response"], line["response"]["body"])
+    return line
+
+
+# Success lines as a provider might bend them: every one the typed road must either read exactly
+# as the general road does or hand over to it.
+_BENT_LINES: list[Any] = [
+    ok("plain"),
+    ok("cached", cached=7),
+    ok("null-content", None, finish="content_filter"),
+    ok("unicode", "caf\u00e9 \u2603 \"quoted\""),
+    _variant("usage-null", lambda line, r, b: b.update(usage=None)),
+    _variant("usage-empty", lambda line, r, b: b.update(usage={})),
+    _variant("usage-absent", lambda line, r, b: b.pop("usage")),
+    _variant("usage-zero", lambda line, r, b: b.update(usage=0)),
+    _variant("usage-list", lambda line, r, b: b.update(usage=[1])),
+    _variant("details-null", lambda line, r, b: b["usage"].update(prompt_tokens_details=None)),
+    _variant("details-text", lambda line, r, b: b["usage"].update(prompt_tokens_details="none")),
+    _variant("tokens-text", lambda line, r, b: b["usage"].update(prompt_tokens="12")),
+    _variant("tokens-float", lambda line, r, b: b["usage"].update(completion_tokens=5.0)),
+    _variant("tokens-bool", lambda line, r, b: b["usage"].update(total_tokens=True)),
+    _variant("tokens-huge", lambda line, r, b: b["usage"].update(total_tokens=2**40)),
+    _variant("finish-number", lambda line, r, b: b["choices"][0].update(finish_reason=1)),
+    _variant("finish-absent", lambda line, r, b: b["choices"][0].pop("finish_reason")),
+    _variant("content-number", lambda line, r, b: b["choices"][0]["message"].update(content=7)),
+    _variant("content-absent", lambda line, r, b: b["choices"][0]["message"].pop("content")),
+    _variant("message-null", lambda line, r, b: b["choices"][0].update(message=None)),
+    _variant("choices-empty", lambda line, r, b: b.update(choices=[])),
+    _variant("choices-null", lambda line, r, b: b.update(choices=None)),
+    _variant("second-choice-odd", lambda line, r, b: b["choices"].append({"message": {"content": 1}})),
+    _variant("body-null", lambda line, r, b: r.update(body=None)),
+    _variant("body-list", lambda line, r, b: r.update(body=[b])),
+    _variant("status-float", lambda line, r, b: r.update(status_code=200.0)),
+    _variant("status-204", lambda line, r, b: r.update(status_code=204)),
+    _variant("status-text", lambda line, r, b: r.update(status_code="200")),
+    _variant("status-500", lambda line, r, b: r.update(status_code=500)),
+    _variant("response-null", lambda line, r, b: line.update(response=None, error={"code": "batch_expired", "message": "late"})),
+    _variant("custom-id-number", lambda line, r, b: line.update(custom_id=5)),
+    _variant("custom-id-absent", lambda line, r, b: line.pop("custom_id")),
+    http_error("http-429", 429, "rate_limit_exceeded"),
+    no_answer("timeout", "request_timeout"),
+    b'{"custom_id": "cut", "response": {"status_code": 200, "body": {"choices": [{"mess',
+    b"[1, 2]",
+    b"",
+    b'{"custom_id": "huge-ignored", "response": {"status_code": 200, "body": {"n": 123456789012345678901234567890, "choices": [{"message": {"content": "x"}}]}}}',
+    b'{"custom_id": "dup-key", "custom_id": "dup-key-2", "response": {"status_code": 200, "body": {"choices": [{"message": {"content": "x", "content": "y"}}]}}}',
+]
+
+
+def test_the_typed_road_for_chat_lines_changes_no_answer():
+    """The typed decoder (msgspec) reads the common line fast; every line gets what the general road gives."""
+    from batch_pipelines._result_lines import _TYPED, _chat_fields, _Envelope, _parse_openai
+
+    raws = [x if isinstance(x, bytes) else orjson.dumps(x) for x in _BENT_LINES]
+    typed, general = _Envelope(width=6), _Envelope(width=6)
+    assert _parse_openai(raws, 0, typed, _chat_fields, _TYPED[CHAT]) == _parse_openai(raws, 0, general, _chat_fields, None) == len(raws)
+
+    def seen(e: _Envelope) -> tuple[Any, ...]:
+        corrupt = [(n, raw, type(exc).__name__, str(exc)) for n, raw, exc in e.corrupt]
+        return e.custom_id, e.status_code, e.fields, e.unsuccessful, corrupt, e.blank
+
+    assert seen(typed) == seen(general)
+    # Not a record: cut short, not an object, a status in quotes, two custom_ids not strings; a blank line.
+    assert (len(general.corrupt), general.blank, len(general.custom_id)) == (5, [37], len(raws) - 6)
+
+    def taken_by_typed(raw: bytes) -> str | None:
+        try:
+            line = _TYPED[CHAT].decode(raw)
+        except msgspec.DecodeError:
+            return None
+        response = line.response
+        if response is not None and 200 <= response.status_code < 300 and response.body is not None and response.body.values() is not None:
+            return line.custom_id
+        return None
+
+    taken = [cid for cid in map(taken_by_typed, raws) if cid is not None]
+    assert taken[:4] == ["plain", "cached", "null-content", "unicode"]  # the common lines go the fast way
+    assert {"usage-zero", "tokens-text", "content-number", "second-choice-odd", "status-float", "http-429"}.isdisjoint(taken)
+    assert _TYPED[CHAT].decode(raws[1]).response.body.values() == ("fine", "stop", 10, 5, 15, 7)
 
 
 def test_anthropic_lines_give_the_same_records(tmp_path):
