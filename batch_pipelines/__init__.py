@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from batch_pipelines.assets import BatchPipeline, CancelPartitionsConfig, build_batch_pipeline
+    from batch_pipelines.component import BatchPipelineComponent
     from batch_pipelines.checks import FAILURE_RATE_CHECK, OUTPUT_VALID_CHECK, ROWS_CHECK
     from batch_pipelines.providers import Batch, BatchProvider, BatchStatus, make_provider
     from batch_pipelines.requests import MediaPart, RequestManifest, RequestSpec, RequestValidationError
@@ -26,6 +27,7 @@ _EXPORTS = {
     "BatchPipeline": "batch_pipelines.assets",
     "CancelPartitionsConfig": "batch_pipelines.assets",
     "build_batch_pipeline": "batch_pipelines.assets",
+    "BatchPipelineComponent": "batch_pipelines.component",
     "FAILURE_RATE_CHECK": "batch_pipelines.checks",
     "OUTPUT_VALID_CHECK": "batch_pipelines.checks",
     "ROWS_CHECK": "batch_pipelines.checks",

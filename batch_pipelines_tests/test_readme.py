@@ -7,6 +7,7 @@ the README's Python block unchanged except for the port.
 
 import os
 import re
+import runpy
 import signal
 import socket
 import subprocess
@@ -73,3 +74,51 @@ def test_readme_example_runs_against_the_local_service(tmp_path: Path) -> None:
     assert statuses[-1] == "completed" and len(statuses) > 1, f"the example should show progress: {statuses}"
     answers = [line for line in lines if line.startswith("text_")]
     assert sorted(a.split()[0] for a in answers) == ["text_0", "text_1", "text_2"]
+
+
+def _project_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split("## Use it in your project", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_project_example_builds_definitions(tmp_path: Path, monkeypatch) -> None:
+    import dagster as dg
+
+    example = re.search(r"```python\n(.*?)```", _project_section(), re.S).group(1)
+    script = tmp_path / "my_definitions.py"
+    script.write_text(example)
+    defs = runpy.run_path(str(script))["defs"]
+
+    dg.Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    assert keys == {"reviews", "review_sentiment_requests", "review_sentiment_batch", "review_sentiment_results"}
+    assert defs.resolve_sensor_def("review_sentiment_sensor").name == "review_sentiment_sensor"
+    resource = defs.resources["batch_provider"]
+    monkeypatch.setenv("MOONSHOT_API_KEY", "sk-readme-secret")
+    assert "sk-readme-secret" not in repr(resource) and resource.provider == "moonshot"
+
+
+def test_readme_component_example_resolves_to_the_same_pipeline(tmp_path: Path, monkeypatch) -> None:
+    import yaml
+
+    from batch_pipelines import BatchPipelineComponent
+
+    block = re.search(r"```yaml\n(.*?)```", _project_section(), re.S).group(1)
+    declared = yaml.safe_load(block)
+    assert declared["type"] == "batch_pipelines.BatchPipelineComponent"
+    # my_project.models:Sentiment, as the Python example defines it.
+    package = tmp_path / "my_project"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(
+        "from typing import Literal\n\nfrom pydantic import BaseModel\n\n\n"
+        "class Sentiment(BaseModel):\n    label: Literal['positive', 'neutral', 'negative']\n    reason: str\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    component = BatchPipelineComponent.resolve_from_yaml(yaml.safe_dump(declared["attributes"]))
+    pipeline = component.build_pipeline()
+
+    assert [a.key.to_user_string() for a in pipeline.assets] == ["review_sentiment_requests", "review_sentiment_batch", "review_sentiment_results"]
+    assert pipeline.requests_asset.partitions_def.start.strftime("%Y-%m-%d") == "2026-03-01"
+    assert component.request.to_spec().output_model.__name__ == "Sentiment"
