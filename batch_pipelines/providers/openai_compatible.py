@@ -10,6 +10,7 @@ uses them too.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import replace
 from collections.abc import Callable, Iterator, Mapping
@@ -84,10 +85,36 @@ class OpenAICompatibleProvider(BatchProvider):
             raise ValueError(
                 f"{path} is {size} bytes; {self.profile.name} takes 1..{self.profile.max_file_bytes} bytes per file"
             )
+        # Uploaded under a name of its own, so that a retry whose first attempt took effect (its
+        # answer lost) finds that file instead of leaving it orphaned: files count against the
+        # account's quota (Moonshot: 1000) until deleted, and nothing else would delete this one.
+        name = f"{path.stem}.{secrets.token_hex(6)}{path.suffix}"
+        started = time.time()
+
+        def find_uploaded() -> dict[str, Any] | None:
+            for item in self._iter_files(purpose):
+                if item.get("filename") == name and item.get("bytes") == size:
+                    return item
+                created = item.get("created_at")
+                if isinstance(created, int | float) and created < started - _CLOCK_SKEW_SECONDS:
+                    return None  # newest first: older files cannot be ours
+            return None
+
         # httpx streams a file handle in 64 KiB chunks (and rewinds it on a retry): never read whole.
         with path.open("rb") as fh:
-            payload = self._http.request("POST", "files", data={"purpose": purpose}, files={"file": (path.name, fh)})
+            payload = self._http.request(
+                "POST", "files", data={"purpose": purpose}, files={"file": (name, fh)}, recover=find_uploaded
+            )
         return parse_file(payload)
+
+    def _iter_files(self, purpose: str, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """The account's files of ``purpose``, newest first."""
+
+        def fetch(after: str | None) -> dict[str, Any]:
+            params: dict[str, Any] = {"purpose": purpose, "limit": page_size} | ({"after": after} if after else {})
+            return self._http.request("GET", "files", params=params)
+
+        return iter_listing(fetch)
 
     def download_file(self, file_id: str, dest: Path) -> Path:
         return self._http.download(f"files/{file_id}/content", Path(dest))
@@ -140,19 +167,24 @@ def iter_batches(
     fetch_page: Callable[[str | None], Mapping[str, Any]], metadata: Mapping[str, str] | None
 ) -> Iterator[Batch]:
     """Every batch of an OpenAI-style cursor listing (``fetch_page(after)``), filtered on ``metadata``."""
+    for item in iter_listing(fetch_page):
+        batch = parse_batch(item)
+        if not metadata or all(batch.metadata.get(k) == v for k, v in metadata.items()):
+            yield batch
+
+
+def iter_listing(fetch_page: Callable[[str | None], Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every item of an OpenAI-style cursor listing: ``fetch_page(after)`` pages of ``data``, ``has_more``."""
     after: str | None = None
     while True:
         page = fetch_page(after)
         items = page.get("data") or []
-        for item in items:
-            batch = parse_batch(item)
-            if not metadata or all(batch.metadata.get(k) == v for k, v in metadata.items()):
-                yield batch
+        yield from items
         if not page.get("has_more") or not items:
             return
         cursor = page.get("last_id") or items[-1].get("id")
         if not cursor or cursor == after:
-            raise APIResponseValidationError(f"batch list says has_more but its cursor does not advance ({cursor!r})")
+            raise APIResponseValidationError(f"the list says has_more but its cursor does not advance ({cursor!r})")
         after = cursor
 
 

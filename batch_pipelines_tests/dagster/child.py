@@ -9,7 +9,9 @@
   interrupts it with SIGINT (what terminating a run does to its worker).
 """
 
+import faulthandler
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ class _DyingResource(BatchProviderResource):
 
 
 def main(mode: str, base_url: str, storage_dir: str, partition: str) -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test that waits too long asks where it is
     instance = dg.DagsterInstance.get()
     texts = make_texts(int(os.environ.get("CHILD_ROWS", "8")))
     if mode == "crash":

@@ -196,7 +196,16 @@ def test_terminating_a_blocking_run_cancels_its_batch(local_service, instance, t
     assert batch["status"] not in TERMINAL
 
     child.send_signal(signal.SIGINT)
-    child.communicate(timeout=60)
+    try:
+        child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGUSR1)  # the child's faulthandler prints where each thread is
+        try:
+            child.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        _, stderr = child.communicate()
+        raise AssertionError(f"the run did not stop within 60 s of SIGINT; its threads:\n{stderr.decode()[-6000:]}") from None
 
     final = wait_until(lambda: (b := slow.engine.get_batch(batch["id"]))["status"] in ("cancelling", "cancelled") and b, what="cancel")
     assert final["status"] in ("cancelling", "cancelled")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import socket
 import time
 import tracemalloc
@@ -55,7 +56,8 @@ def test_every_call_from_upload_to_deletion(local_service, tmp_path, profile):
 
     uploaded = provider.upload_file(requests)
     assert uploaded.id.startswith("file-")
-    assert (uploaded.bytes, uploaded.filename, uploaded.purpose) == (requests.stat().st_size, "requests.jsonl", "batch")
+    assert (uploaded.bytes, uploaded.purpose) == (requests.stat().st_size, "batch")
+    assert re.fullmatch(r"requests\.[0-9a-f]{12}\.jsonl", uploaded.filename)  # a name of its own: see the lost upload
 
     # A quarter of the rows fail, so the batch has an output file and an error file.
     faults = FaultPlan(row_failures={500: 0.25}, seed=3).to_json()
@@ -266,6 +268,25 @@ def test_a_create_whose_answer_was_lost_is_not_sent_twice(local_service, tmp_pat
     assert requests_sent(records, "POST", "/v1/batches") == 1
     assert any("had taken effect" in r.getMessage() for r in records)
     assert len(list(provider.list_batches())) == 3
+
+
+def test_an_upload_whose_answer_was_lost_leaves_no_orphan_file(local_service, tmp_path):
+    """The service stores the file but answers 502: the retry finds that file instead of uploading another.
+
+    Files count against the account's quota until deleted; an orphan would never be.
+    """
+    svc = local_service(profile="moonshot", worker="none")
+    provider = _client(svc)
+    path = write_requests(tmp_path / "shard-00000.jsonl", 3, model=MODELS["moonshot"])
+    earlier = provider.upload_file(path)  # the same file uploaded before: same bytes, not the answer
+    svc.set_faults(FaultPlan(http_faults=(HttpFault(route="/v1/files", method="POST", status=502, times=1, after=True),)))
+    with capture_logs(logging.INFO) as records:
+        uploaded = provider.upload_file(path)
+    stored = svc.engine.list_files()["data"]
+    assert len(stored) == 2 and {f["id"] for f in stored} == {earlier.id, uploaded.id}
+    assert requests_sent(records, "POST", "/v1/files") == 1  # the one POST, answered with the injected 502, not sent again
+    assert any("had taken effect" in r.getMessage() for r in records)
+    assert uploaded.bytes == path.stat().st_size and uploaded.filename != earlier.filename
 
 
 def test_a_create_refused_with_429_is_sent_again(local_service, tmp_path):
