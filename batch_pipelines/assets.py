@@ -304,17 +304,20 @@ class _Pipeline:
     def build_requests(self, context: dg.AssetExecutionContext, source: pd.DataFrame) -> dg.MaterializeResult:
         resource = self.resource(context)
         partition = context.partition_key if context.has_partition_key else None
-        out_dir = self.attempt_dir(self.folder(resource, context.instance, partition), 1)
+        folder = self.folder(resource, context.instance, partition)
+        out_dir = self.attempt_dir(folder, 1)
         try:
-            manifest = build_request_files(
-                source,
-                self.spec,
-                out_dir,
-                profile=resource.profile,
-                policy=self.policy,
-                attempt=1,
-                max_requests_per_shard=self.max_requests_per_shard,
-            )
+            # Under the partition's lock: a submit reading these files never sees them half rewritten.
+            with _partition_lock(folder):
+                manifest = build_request_files(
+                    source,
+                    self.spec,
+                    out_dir,
+                    profile=resource.profile,
+                    policy=self.policy,
+                    attempt=1,
+                    max_requests_per_shard=self.max_requests_per_shard,
+                )
         except RequestValidationError as exc:
             raise dg.Failure(
                 description=str(exc),
@@ -349,11 +352,11 @@ class _Pipeline:
         partition = context.partition_key if context.has_partition_key else None
         folder = self.folder(resource, context.instance, partition)
         manifest_path = self.attempt_dir(folder, 1) / MANIFEST_NAME
-        if not manifest_path.exists():
-            raise dg.Failure(f"no request files at {manifest_path}: materialize {self.name}_requests for this partition first")
-        manifest = RequestManifest.read(manifest_path)
         with resource.get_provider() as provider, self.cancel_if_stopped(context, provider, partition) as watched:
-            with _partition_lock(folder):
+            with _partition_lock(folder):  # the request files cannot change while they are read and sent
+                if not manifest_path.exists():
+                    raise dg.Failure(f"no request files at {manifest_path}: materialize {self.name}_requests for this partition first")
+                manifest = RequestManifest.read(manifest_path)
                 submitted = self.submit(context, resource, provider, manifest, partition, self.batch_key)
             batches = [batch for _, batch, _ in submitted]
             watched.extend(b.id for b in batches)
@@ -727,7 +730,8 @@ def _partition_lock(folder: Path) -> Iterator[None]:
 
     Held while the partition's batches are listed and the missing ones created, so two runs of the
     same partition (a retried run and a backfill, two clicks) never both create a batch for one
-    shard: the second lists after the first created, and re-attaches. Every run worker of a
+    shard: the second lists after the first created, and re-attaches. Held too while the request
+    files are written, so a submit never reads them half rewritten. Every run worker of a
     deployment shares the storage directory (see ``BatchProviderResource.storage_dir``), so the
     lock covers one Dagster deployment; the OS frees it if its holder dies. Beyond it,
     :meth:`_Pipeline.keep_first` reconciles after the fact.

@@ -1,9 +1,11 @@
 """The pipeline end to end on a real Dagster instance and the local service over HTTP."""
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -209,6 +211,36 @@ def test_terminating_a_blocking_run_cancels_its_batch(local_service, instance, t
 
     final = wait_until(lambda: (b := slow.engine.get_batch(batch["id"]))["status"] in ("cancelling", "cancelled") and b, what="cancel")
     assert final["status"] in ("cancelling", "cancelled")
+
+
+def test_request_files_are_not_rewritten_while_a_submit_holds_the_partition(harness, tmp_path):
+    """A requests run waits for the partition's lock (what a submit holds while it reads the files)."""
+    h = harness(rows=4)
+    h.materialize([h.texts, h.pipeline.requests_asset], DAY)
+    [manifest] = (tmp_path / "storage").rglob("manifest.json")
+    lock_path = manifest.parent.parent / "submit.lock"  # the partition's folder holds its attempts and the lock
+    written = manifest.stat().st_mtime_ns
+    rebuild = threading.Thread(target=h.materialize, args=([h.pipeline.requests_asset], DAY))
+
+    with lock_path.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a submit does while it lists, reads and uploads
+        rebuild.start()
+        wait_until(lambda: not rebuild.is_alive() or "lock" in _sleeping_in(rebuild), what="the rebuild waiting or done")
+        assert rebuild.is_alive(), "the requests run rewrote the files without waiting for the partition's lock"
+        assert manifest.stat().st_mtime_ns == written  # nothing rewritten under the submit's feet
+        fcntl.flock(held, fcntl.LOCK_UN)
+    rebuild.join(timeout=60)
+
+    assert not rebuild.is_alive() and manifest.stat().st_mtime_ns > written
+    assert h.latest_metadata(h.pipeline.requests_asset, DAY)["rows"] == 4
+
+
+def _sleeping_in(thread: threading.Thread) -> str:
+    """The kernel function ``thread`` sleeps in ("" once it has ended)."""
+    try:
+        return Path(f"/proc/self/task/{thread.native_id}/wchan").read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def test_cancel_job_stops_the_partition_without_retrying(harness, local_service):
