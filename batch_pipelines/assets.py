@@ -175,6 +175,7 @@ def build_batch_pipeline(
         blocking=blocking,
         cancel_on_termination=cancel_on_termination,
         resource_key=resource_key,
+        requests_key=requests_key,
         batch_key=batch_key,
         results_key=results_key,
         batch_tags=batch_tags,
@@ -285,6 +286,7 @@ class _Pipeline:
     blocking: bool
     cancel_on_termination: bool
     resource_key: str
+    requests_key: dg.AssetKey
     batch_key: dg.AssetKey
     results_key: dg.AssetKey
     batch_tags: BatchTags | None
@@ -397,7 +399,8 @@ class _Pipeline:
         """
         tag = partition if partition is not None else UNPARTITIONED
         tags = {PIPELINE_TAG: self.name, PARTITION_TAG: tag}
-        known = _first_by_fingerprint(provider, tags) if manifest.shards else {}
+        since = self.first_built(context.instance, partition)
+        known = _first_by_fingerprint(provider, tags, since) if manifest.shards else {}
         extra = self.batch_tags(partition, manifest.attempt) if callable(self.batch_tags) else (self.batch_tags or {})
         out: list[tuple[SubmittedBatch, Batch, bool]] = []
         created: list[tuple[int, Batch]] = []
@@ -424,14 +427,30 @@ class _Pipeline:
                 context.log.info(f"{shard.path.name} is already batch {batch.id} ({batch.status}): re-attached")
             out.append((SubmittedBatch(batch_id=batch.id, shard=index, fingerprint=fingerprint, attempt=manifest.attempt), batch, again))
         if created:
-            self.keep_first(context, provider, tags, out, created)
+            self.keep_first(context, provider, tags, since, out, created)
         return out
+
+    def first_built(self, instance: dg.DagsterInstance, partition: str | None) -> float | None:
+        """When the partition's batches may have started: its first requests (or batch) materialization.
+
+        No batch of the partition can be older: a submit needs the request files. The provider's
+        clock may run behind Dagster's, hence the margin. None (list everything) when the event log
+        holds neither, e.g. after the assets were wiped.
+        """
+        started = []
+        for key in (self.requests_key, self.batch_key):
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(key, asset_partitions=[partition] if partition is not None else None), limit=1, ascending=True
+            ).records
+            started += [r.timestamp for r in records]
+        return min(started) - _CLOCK_SKEW_SECONDS if started else None
 
     def keep_first(
         self,
         context: dg.AssetExecutionContext,
         provider: BatchProvider,
         tags: Mapping[str, str],
+        since: float | None,
         out: list[tuple[SubmittedBatch, Batch, bool]],
         created: Sequence[tuple[int, Batch]],
     ) -> None:
@@ -443,7 +462,7 @@ class _Pipeline:
         live batch of a fingerprint (the last one listed) and cancels its own if it is not that
         one. The loser may have started: this bounds the damage, the lock prevents it.
         """
-        live = _first_by_fingerprint(provider, tags)
+        live = _first_by_fingerprint(provider, tags, since)
         for position, mine in created:
             record, _, _ = out[position]
             first = live.get(record.fingerprint)
@@ -498,7 +517,8 @@ class _Pipeline:
             ids = set(watched)
             try:
                 tags = {PIPELINE_TAG: self.name, PARTITION_TAG: tag, _RUN_TAG: context.run.run_id}
-                ids.update(b.id for b in provider.find_batches(tags) if not b.is_terminal)
+                since = self.first_built(context.instance, partition)
+                ids.update(b.id for b in provider.find_batches(tags, created_after=since) if not b.is_terminal)
             except Exception as exc:  # noqa: BLE001 - best effort while the run stops
                 context.log.error(f"run stopped: could not list this run's batches: {exc}")
             for batch_id in sorted(ids):
@@ -722,6 +742,8 @@ class _Pipeline:
 
 _FINGERPRINT_TAG = "bp_fingerprint"
 _RUN_TAG = "bp_run_id"
+#: How far the provider's clock may run behind Dagster's when its batches are dated.
+_CLOCK_SKEW_SECONDS = 3600
 
 
 @contextmanager
@@ -745,7 +767,7 @@ def _partition_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _first_by_fingerprint(provider: BatchProvider, tags: Mapping[str, str]) -> dict[str, Batch]:
+def _first_by_fingerprint(provider: BatchProvider, tags: Mapping[str, str], since: float | None) -> dict[str, Batch]:
     """The oldest batch of each fingerprint among those ``tags`` find, leaving out batches that failed validation.
 
     The oldest, because a fingerprint with several batches (submitters the partition lock did
@@ -753,7 +775,7 @@ def _first_by_fingerprint(provider: BatchProvider, tags: Mapping[str, str]) -> d
     A batch that failed validation ran nothing: its shard may go again.
     """
     first: dict[str, Batch] = {}
-    for batch in provider.find_batches(tags):  # newest first: the oldest comes last and stays
+    for batch in provider.find_batches(tags, created_after=since):  # newest first: the oldest comes last and stays
         fingerprint = batch.metadata.get(_FINGERPRINT_TAG)
         if fingerprint and batch.status != BatchStatus.FAILED:
             first[fingerprint] = batch

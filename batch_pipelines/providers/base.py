@@ -191,9 +191,19 @@ class BatchProvider(abc.ABC):
             metadata=metadata,
         )
 
-    def find_batches(self, metadata: Mapping[str, str]) -> list[Batch]:
-        """Batches tagged with every pair of ``metadata``, newest first."""
-        found = list(self.list_batches(metadata=metadata))
+    def find_batches(self, metadata: Mapping[str, str], *, created_after: float | None = None) -> list[Batch]:
+        """Batches tagged with every pair of ``metadata``, newest first.
+
+        With ``created_after`` (epoch seconds) the listing stops at the first batch created
+        before it: providers list newest first, and an account's history can run to thousands
+        of batches that need not be read on every submit.
+        """
+        found = []
+        for batch in self.list_batches():
+            if created_after is not None and batch.created_at is not None and batch.created_at < created_after:
+                break
+            if all(batch.metadata.get(k) == v for k, v in metadata.items()):
+                found.append(batch)
         # A stable sort: batches created in the same second keep the provider's (newest first) order.
         return sorted(found, key=lambda b: b.created_at or 0, reverse=True)
 

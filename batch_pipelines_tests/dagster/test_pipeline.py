@@ -1,6 +1,7 @@
 """The pipeline end to end on a real Dagster instance and the local service over HTTP."""
 
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from batch_pipelines.local_service import FAULTS_METADATA_KEY, FaultPlan
 from batch_pipelines_tests.conftest import TERMINAL, LocalService
 from batch_pipelines_tests.dagster.child import CRASH_EXIT
 from batch_pipelines_tests.dagster.harness import CATEGORIES, DAYS, KEY_ENV, wait_until
+from batch_pipelines_tests.providers.support import capture_logs, requests_sent, write_requests
 
 DAYS3 = ["2024-01-01", "2024-01-02", "2024-01-03"]
 DAY = DAYS3[0]
@@ -233,6 +235,29 @@ def test_request_files_are_not_rewritten_while_a_submit_holds_the_partition(harn
 
     assert not rebuild.is_alive() and manifest.stat().st_mtime_ns > written
     assert h.latest_metadata(h.pipeline.requests_asset, DAY)["rows"] == 4
+
+
+def test_a_submit_reads_only_the_recent_end_of_a_long_batch_history(harness, service, tmp_path):
+    """An account with 250 month-old batches: a submit lists one page of them, not the whole history."""
+    old_file = service.engine.create_file("old.jsonl", "batch", write_requests(tmp_path / "old.jsonl", 1))
+    for _ in range(250):
+        service.engine.create_batch(old_file["id"], "/v1/chat/completions", "24h")
+    with service.engine.store.write() as db:  # a month ago: the provider's record of an older project
+        db.execute("UPDATE batches SET created_at = created_at - 30 * 86400")
+    h = harness(rows=4)
+
+    with capture_logs(logging.INFO) as records:
+        h.submit([DAY])
+    first_listing = requests_sent(records, "GET", "/v1/batches?")
+    with capture_logs(logging.INFO) as records:
+        h.materialize([h.pipeline.batch_asset], DAY)  # again: re-attaches to the batch just made
+
+    # One page per listing (before creating, and again after to catch a racing submitter): the
+    # first page already reaches back past the partition's start. The whole history is 3 pages.
+    assert first_listing == 2
+    assert requests_sent(records, "GET", "/v1/batches?") == 1
+    assert h.latest_metadata(h.pipeline.batch_asset, DAY)["reattached"] == 1
+    assert len([b for b in service_batches(service) if b["metadata"] and b["metadata"].get("bp_partition") == DAY]) == 1
 
 
 def _sleeping_in(thread: threading.Thread) -> str:
