@@ -52,7 +52,7 @@ import pandas as pd
 
 from batch_pipelines import results as _results
 from batch_pipelines.checks import evaluate_checks, results_check_specs
-from batch_pipelines.providers import Batch, BatchProvider, BatchStatus, ResultFiles
+from batch_pipelines.providers import CLOCK_SKEW_SECONDS, Batch, BatchProvider, BatchStatus, ResultFiles
 from batch_pipelines.requests import MANIFEST_NAME, RequestManifest, RequestSpec, RequestValidationError, build_request_files
 from batch_pipelines.resources import PARTITION_TAG, PIPELINE_TAG, RESUBMIT_TAG, BatchProviderResource
 from batch_pipelines.sensors import (
@@ -443,7 +443,7 @@ class _Pipeline:
                 dg.AssetRecordsFilter(key, asset_partitions=[partition] if partition is not None else None), limit=1, ascending=True
             ).records
             started += [r.timestamp for r in records]
-        return min(started) - _CLOCK_SKEW_SECONDS if started else None
+        return min(started) - CLOCK_SKEW_SECONDS if started else None
 
     def keep_first(
         self,
@@ -742,8 +742,6 @@ class _Pipeline:
 
 _FINGERPRINT_TAG = "bp_fingerprint"
 _RUN_TAG = "bp_run_id"
-#: How far the provider's clock may run behind Dagster's when its batches are dated.
-_CLOCK_SKEW_SECONDS = 3600
 
 
 @contextmanager

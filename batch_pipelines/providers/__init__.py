@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from batch_pipelines.profiles import ProviderProfile
 from batch_pipelines.providers.base import (
+    CLOCK_SKEW_SECONDS,
     RESUBMIT_LATER_CODES,
     TERMINAL_STATUSES,
     Batch,
@@ -57,6 +58,7 @@ __all__ = [
     "BatchError",
     "BatchProvider",
     "BatchStatus",
+    "CLOCK_SKEW_SECONDS",
     "ConflictError",
     "DEFAULT_TIMEOUT",
     "FileObject",

@@ -9,10 +9,10 @@ implements the low-level ones. httpx and pydantic only: nothing here imports dag
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,12 +23,32 @@ __all__ = [
     "BatchError",
     "BatchProvider",
     "BatchStatus",
+    "CLOCK_SKEW_SECONDS",
     "FileObject",
     "RESUBMIT_LATER_CODES",
     "RequestCounts",
     "ResultFiles",
     "TERMINAL_STATUSES",
+    "created_since",
 ]
+
+#: How far a provider's clock may run behind ours: listings looking for what we created since a
+#: moment reach back this much further.
+CLOCK_SKEW_SECONDS = 3600
+_T = TypeVar("_T")
+
+
+def created_since(items: Iterable[_T], since: float | None, created_at: Callable[[_T], Any]) -> Iterator[_T]:
+    """``items`` of a newest-first listing up to the first one created before ``since`` (None: all).
+
+    Providers list batches and files newest first: what was created since a moment is at the
+    head of the listing, however long the account's history behind it.
+    """
+    for item in items:
+        when = created_at(item)
+        if since is not None and isinstance(when, int | float) and when < since:
+            return
+        yield item
 
 
 class BatchStatus(StrEnum):
@@ -198,12 +218,11 @@ class BatchProvider(abc.ABC):
         before it: providers list newest first, and an account's history can run to thousands
         of batches that need not be read on every submit.
         """
-        found = []
-        for batch in self.list_batches():
-            if created_after is not None and batch.created_at is not None and batch.created_at < created_after:
-                break
-            if all(batch.metadata.get(k) == v for k, v in metadata.items()):
-                found.append(batch)
+        found = [
+            batch
+            for batch in created_since(self.list_batches(), created_after, lambda b: b.created_at)
+            if all(batch.metadata.get(k) == v for k, v in metadata.items())
+        ]
         # A stable sort: batches created in the same second keep the provider's (newest first) order.
         return sorted(found, key=lambda b: b.created_at or 0, reverse=True)
 

@@ -27,16 +27,13 @@ from batch_pipelines.profiles import (
     ProviderProfile,
     get_profile,
 )
-from batch_pipelines.providers.base import Batch, BatchError, BatchProvider, BatchStatus, FileObject
+from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, Batch, BatchError, BatchProvider, BatchStatus, FileObject, created_since
 from batch_pipelines.providers.errors import APIResponseValidationError, NotFoundError, ProviderError
 from batch_pipelines.providers.http import DEFAULT_TIMEOUT, HttpTransport, RetryPolicy, resolve_api_key
 
 __all__ = ["OpenAICompatibleProvider", "batch_create_body", "iter_batches", "parse_batch", "parse_file"]
 
 _log = logging.getLogger(__name__)
-
-#: How far back (provider clock vs ours) a batch created by a lost answer may appear to have been created.
-_CLOCK_SKEW_SECONDS = 600
 
 
 class OpenAICompatibleProvider(BatchProvider):
@@ -92,13 +89,8 @@ class OpenAICompatibleProvider(BatchProvider):
         started = time.time()
 
         def find_uploaded() -> dict[str, Any] | None:
-            for item in self._iter_files(purpose):
-                if item.get("filename") == name and item.get("bytes") == size:
-                    return item
-                created = item.get("created_at")
-                if isinstance(created, int | float) and created < started - _CLOCK_SKEW_SECONDS:
-                    return None  # newest first: older files cannot be ours
-            return None
+            recent = created_since(self._iter_files(purpose), started - CLOCK_SKEW_SECONDS, lambda f: f.get("created_at"))
+            return next((f for f in recent if f.get("filename") == name and f.get("bytes") == size), None)
 
         # httpx streams a file handle in 64 KiB chunks (and rewinds it on a retry): never read whole.
         with path.open("rb") as fh:
@@ -140,12 +132,8 @@ class OpenAICompatibleProvider(BatchProvider):
         def find_created() -> dict[str, Any] | None:
             # A retried create must not start a second, billed batch: if the lost answer's batch
             # exists (the only one reading this freshly uploaded file), it is the answer.
-            for batch in self.list_batches():
-                if batch.input_file_id == input_file_id:
-                    return batch.raw
-                if batch.created_at is not None and batch.created_at < started - _CLOCK_SKEW_SECONDS:
-                    return None  # pages run newest first: older batches cannot be ours
-            return None
+            recent = created_since(self.list_batches(), started - CLOCK_SKEW_SECONDS, lambda b: b.created_at)
+            return next((b.raw for b in recent if b.input_file_id == input_file_id), None)
 
         return parse_batch(self._http.request("POST", "batches", json=body, recover=find_created))
 
