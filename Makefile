@@ -13,7 +13,7 @@ CHROMIUM := /usr/bin/chromium
 # System packages are installed directly as root, through sudo otherwise.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup run serve smoke reliability browser test bench clean
+.PHONY: setup run serve smoke reliability browser test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,10 +52,17 @@ browser:
 test: setup browser
 	$(BIN)/python -m pytest -q
 
+# The inner loop (a few minutes): every layer's tests, without the end-to-end suites (reliability
+# scenarios, the browser, the demo and the README's examples), which `make test` runs too.
+test-fast: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=batch_pipelines_tests/reliability \
+		--ignore=batch_pipelines_tests/ui --ignore=batch_pipelines_tests/demo --ignore=batch_pipelines_tests/test_readme.py
+
 bench: setup
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_requests.py
 	$(BIN)/python benchmarks/bench_results.py
+	$(BIN)/python benchmarks/bench_sensor.py
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) $(DEMO_HOME) .artifacts .pytest_cache

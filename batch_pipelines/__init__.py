@@ -14,23 +14,33 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batch_pipelines.assets import BatchPipeline, CancelPartitionsConfig, build_batch_pipeline
-    from batch_pipelines.component import BatchPipelineComponent
-    from batch_pipelines.checks import FAILURE_RATE_CHECK, OUTPUT_VALID_CHECK, ROWS_CHECK
+    from batch_pipelines.pipeline import (
+        FAILURE_RATE_CHECK,
+        OUTPUT_VALID_CHECK,
+        ROWS_CHECK,
+        BatchPipeline,
+        BatchPipelineComponent,
+        BatchProviderResource,
+        CancelPartitionsConfig,
+        PipelineOptions,
+        build_batch_pipeline,
+        build_batch_sensor,
+    )
     from batch_pipelines.providers import Batch, BatchProvider, BatchStatus, make_provider
     from batch_pipelines.requests import MediaPart, RequestManifest, RequestSpec, RequestValidationError
-    from batch_pipelines.resources import BatchProviderResource
     from batch_pipelines.results import Prices, ResultSummary
-    from batch_pipelines.sensors import build_batch_sensor
 
 _EXPORTS = {
-    "BatchPipeline": "batch_pipelines.assets",
-    "CancelPartitionsConfig": "batch_pipelines.assets",
-    "build_batch_pipeline": "batch_pipelines.assets",
-    "BatchPipelineComponent": "batch_pipelines.component",
-    "FAILURE_RATE_CHECK": "batch_pipelines.checks",
-    "OUTPUT_VALID_CHECK": "batch_pipelines.checks",
-    "ROWS_CHECK": "batch_pipelines.checks",
+    "BatchPipeline": "batch_pipelines.pipeline",
+    "BatchPipelineComponent": "batch_pipelines.pipeline",
+    "BatchProviderResource": "batch_pipelines.pipeline",
+    "CancelPartitionsConfig": "batch_pipelines.pipeline",
+    "FAILURE_RATE_CHECK": "batch_pipelines.pipeline",
+    "OUTPUT_VALID_CHECK": "batch_pipelines.pipeline",
+    "PipelineOptions": "batch_pipelines.pipeline",
+    "ROWS_CHECK": "batch_pipelines.pipeline",
+    "build_batch_pipeline": "batch_pipelines.pipeline",
+    "build_batch_sensor": "batch_pipelines.pipeline",
     "Batch": "batch_pipelines.providers",
     "BatchProvider": "batch_pipelines.providers",
     "BatchStatus": "batch_pipelines.providers",
@@ -39,10 +49,8 @@ _EXPORTS = {
     "RequestManifest": "batch_pipelines.requests",
     "RequestSpec": "batch_pipelines.requests",
     "RequestValidationError": "batch_pipelines.requests",
-    "BatchProviderResource": "batch_pipelines.resources",
     "Prices": "batch_pipelines.results",
     "ResultSummary": "batch_pipelines.results",
-    "build_batch_sensor": "batch_pipelines.sensors",
 }
 
 __all__ = sorted(_EXPORTS)

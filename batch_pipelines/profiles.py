@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 __all__ = [
     "ALL_ENDPOINTS",
@@ -25,8 +26,13 @@ __all__ = [
     "PROFILES",
     "ProviderProfile",
     "custom_profile",
+    "endpoint_problem",
     "get_profile",
+    "metadata_problem",
     "parse_window",
+    "profile_from_json",
+    "profile_to_json",
+    "window_problem",
 ]
 
 #: The strictest custom_id rule of all providers (Anthropic's); ids that match it work everywhere.
@@ -185,3 +191,60 @@ def get_profile(name: str) -> ProviderProfile:
     except KeyError:
         known = ", ".join(sorted(PROFILES))
         raise ValueError(f"unknown provider profile {name!r}; known: {known} (or custom_profile())") from None
+
+
+# ---- the rules both sides apply: the client before sending, the local service on receipt --------
+
+
+def endpoint_problem(profile: ProviderProfile, endpoint: Any) -> str | None:
+    """Why ``profile``'s batches refuse ``endpoint``, or None."""
+    if endpoint in profile.endpoints:
+        return None
+    return f"{profile.name} batches accept endpoints {', '.join(profile.endpoints)}, not {endpoint!r}"
+
+
+def window_problem(profile: ProviderProfile, window: Any) -> str | None:
+    """Why ``profile`` refuses ``completion_window``, or None."""
+    if isinstance(window, str) and profile.window_allowed(window):
+        return None
+    if profile.completion_windows is not None:
+        allowed = ", ".join(profile.completion_windows)
+    else:
+        allowed = f"{profile.min_window_seconds // _HOUR}h to {profile.max_window_seconds // _HOUR}h"
+    return f"{profile.name} does not accept completion_window {window!r} (allowed: {allowed})"
+
+
+def metadata_problem(metadata: Any) -> str | None:
+    """Why batch ``metadata`` breaks the limits every OpenAI-style provider documents, or None."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        return "batch metadata must be an object of string keys and values"
+    if len(metadata) > METADATA_MAX_PAIRS:
+        return f"batch metadata has {len(metadata)} pairs; at most {METADATA_MAX_PAIRS} are allowed"
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            return f"batch metadata {key!r}: keys and values must be strings"
+        if len(key) > METADATA_MAX_KEY_CHARS:
+            return f"batch metadata key {key[:20]!r}...: keys are limited to {METADATA_MAX_KEY_CHARS} characters"
+        if len(value) > METADATA_MAX_VALUE_CHARS:
+            return f"batch metadata {key!r}: values are limited to {METADATA_MAX_VALUE_CHARS} characters"
+    return None
+
+
+# ---- a profile as JSON: a local service worker in another process applies exactly these facts ---
+
+
+def profile_to_json(profile: ProviderProfile) -> dict[str, Any]:
+    out: dict[str, Any] = {f.name: getattr(profile, f.name) for f in fields(profile)}
+    out["forbidden_params"] = {model: sorted(params) for model, params in profile.forbidden_params.items()}
+    return out
+
+
+def profile_from_json(data: Mapping[str, Any]) -> ProviderProfile:
+    values = dict(data)
+    values["endpoints"] = tuple(values["endpoints"])
+    if values.get("completion_windows") is not None:
+        values["completion_windows"] = tuple(values["completion_windows"])
+    values["forbidden_params"] = {m: frozenset(p) for m, p in values.get("forbidden_params", {}).items()}
+    return ProviderProfile(**values)

@@ -24,7 +24,8 @@ import dagster as dg
 import httpx
 
 from batch_pipelines import BatchProviderResource, RequestSpec, build_batch_pipeline, make_provider
-from batch_pipelines.sensors import BATCHES_KEY, SubmittedBatch, batches_metadata
+from batch_pipelines.pipeline.ledger import BATCHES_KEY, batches_metadata
+from batch_pipelines.submission import SubmittedBatch
 
 _KEY = "sk-bench-sensor"
 _PER_PARTITION = 5

@@ -1,7 +1,7 @@
 """The demo: five days of short texts, classified into five categories through a Batch API.
 
 ``texts`` (one partition per day, read from the CSV shipped in ``data/``) feeds the pipeline
-``classify_texts`` built by :func:`~batch_pipelines.assets.build_batch_pipeline`: request files,
+``classify_texts`` built by :func:`~batch_pipelines.pipeline.factory.build_batch_pipeline`: request files,
 submitted batches, a sensor that polls them, and the results joined back to the texts, each row
 with a :class:`TextCategory` parsed from the model's structured output. DataFrames are stored as
 Parquet files under ``$DAGSTER_HOME/storage``.
@@ -32,12 +32,11 @@ import dagster as dg
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from batch_pipelines.assets import build_batch_pipeline
 from batch_pipelines.demo.parquet_io import ParquetIOManager
+from batch_pipelines.pipeline import BatchProviderResource, build_batch_pipeline
 from batch_pipelines.profiles import PROFILES
 from batch_pipelines.providers import LOCAL
 from batch_pipelines.requests import RequestSpec
-from batch_pipelines.resources import BatchProviderResource
 
 __all__ = [
     "CATEGORIES",

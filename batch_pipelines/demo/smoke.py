@@ -22,7 +22,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from batch_pipelines.checks import ROWS_CHECK
+from batch_pipelines.pipeline import ROWS_CHECK
 
 #: Runs log warnings and errors only: the smoke prints its own summary.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

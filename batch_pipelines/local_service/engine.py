@@ -13,17 +13,15 @@ profile's ``file_quota`` of batch files held at once). Line-level
 problems are found later, while the batch is ``validating`` (see ``validation.py``).
 
 Processing never runs on the request path. Each batch records at creation how it is to be
-processed (profile, speed, time scale, fault plan, responder), and a worker (``worker.py``) runs
-it: ``worker="thread"`` in a thread of this process, ``worker="process"`` in a detached process
-shared by every engine on the data directory (it outlives short-lived callers and exits when
-idle), ``worker="none"`` leaves processing to some other process's worker.
+processed (profile, speed, time scale, fault plan, responder spec), and a worker runs it:
+``worker="thread"`` in a thread of this process, ``worker="process"`` in a detached process
+shared by every engine on the data directory, ``worker="none"`` leaves processing to some other
+process's worker (``supervision.py``).
 
-Speeds: ``instant`` runs as fast as the machine allows; ``realistic`` paces a batch like a real
-provider would, visibly (validating about 2 s, then max(20 rows/s, rows/60 s), finalizing about
-1 s: a few hundred rows take tens of seconds, no batch much over a minute). A fault plan's
-``row_delay`` slows rows further (tests use it to cancel or expire a batch mid-way).
-``time_scale`` speeds up the completion window only: with ``time_scale=8640`` a ``24h`` window
-lasts 10 real seconds, and ``expires_at`` is ``created_at + window / time_scale``.
+Speeds (``pacing.py``): ``instant`` runs as fast as the machine allows; ``realistic`` paces a
+batch like a real provider would, visibly. ``time_scale`` speeds up the completion window only:
+with ``time_scale=8640`` a ``24h`` window lasts 10 real seconds, and ``expires_at`` is
+``created_at + window / time_scale``.
 
 Request counts: ``completed`` counts rows answered 2xx, ``failed`` every other row (HTTP errors,
 expired, cancelled), so ``completed + failed == total`` once a batch is terminal, and the two files hold one line
@@ -33,75 +31,35 @@ per row, except where a fault plan deliberately loses, duplicates or corrupts li
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import orjson
 
+from batch_pipelines.local_service.errors import ServiceError
 from batch_pipelines.local_service.faults import FaultPlan, plan_from_metadata
-from batch_pipelines.local_service.responders import DefaultResponder, Responder
-from batch_pipelines.local_service.store import (
-    ACTIVE_STATUSES,
-    BATCH_ID_RE,
-    FILE_ID_RE,
-    Store,
-    new_batch_id,
-    new_file_id,
-)
+from batch_pipelines.local_service.openai_objects import batch_json, file_json, file_row_json, page
+from batch_pipelines.local_service.pacing import SPEEDS, Speed
+from batch_pipelines.local_service.responder_specs import spec_of
+from batch_pipelines.local_service.responders import Responder
+from batch_pipelines.local_service.store import ACTIVE_WHERE, BATCH_ID_RE, FILE_ID_RE, Store, new_batch_id, new_file_id
+from batch_pipelines.local_service.supervision import WORKER_MODES, WorkerMode, supervise
 from batch_pipelines.profiles import (
-    METADATA_MAX_KEY_CHARS,
-    METADATA_MAX_PAIRS,
-    METADATA_MAX_VALUE_CHARS,
     ProviderProfile,
+    endpoint_problem,
     get_profile,
+    metadata_problem,
     parse_window,
+    profile_to_json,
+    window_problem,
 )
 
 __all__ = ["BatchEngine", "ServiceError", "Speed", "WorkerMode"]
 
-Speed = Literal["instant", "realistic"]
-WorkerMode = Literal["thread", "process", "none"]
-
 UPLOAD_PURPOSES = ("batch", "image", "video")
-_TIMESTAMPS = (
-    "created_at",
-    "in_progress_at",
-    "expires_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-)
 _COPY_CHUNK = 1024 * 1024
-
-
-class ServiceError(Exception):
-    """An error the service answers with: HTTP status plus OpenAI's error body."""
-
-    def __init__(
-        self,
-        status_code: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class BatchEngine:
@@ -109,8 +67,8 @@ class BatchEngine:
 
     ``profile`` is the provider posed as; ``speed``, ``time_scale``, ``faults`` and ``responder``
     apply to batches created from then on (each batch records them). Only the responder's
-    ``spec`` is recorded: workers rebuild it with ``responder_from_spec``, so it must be one of
-    the responders in ``responders.py``. ``worker`` picks who processes batches (see above).
+    ``spec`` is recorded: workers rebuild it (``responder_specs.py``), so it must be one of the
+    responders this package ships. ``worker`` picks who processes batches (see above).
     """
 
     def __init__(
@@ -124,42 +82,28 @@ class BatchEngine:
         responder: Responder | None = None,
         worker: WorkerMode = "thread",
     ) -> None:
-        if speed not in ("instant", "realistic"):
+        if speed not in SPEEDS:
             raise ValueError(f"speed must be 'instant' or 'realistic', not {speed!r}")
         if not time_scale > 0:
             raise ValueError("time_scale must be positive")
-        if worker not in ("thread", "process", "none"):
+        if worker not in WORKER_MODES:
             raise ValueError(f"worker must be 'thread', 'process' or 'none', not {worker!r}")
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.speed = speed
         self.time_scale = float(time_scale)
         #: Service-wide fault plan for batches created from now on (assign to change it).
         self.faults = faults or FaultPlan()
-        self.responder_spec = dict(responder.spec if responder is not None else DefaultResponder.spec)
-        self.worker_mode = worker
+        self.responder_spec = spec_of(responder)
         self.store = Store(data_dir)
         self.data_dir = self.store.data_dir
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        if worker == "thread":
-            from batch_pipelines.local_service.worker import Worker
-
-            loop = Worker(self.store, stop=self._stop, wake=self._wake)
-            self._thread = threading.Thread(target=loop.run, name="batch-worker", daemon=True)
-            self._thread.start()
-        elif worker == "process" and self._has_active_batches():
-            self._ensure_worker_process()
+        self._worker = supervise(self.store, worker)
 
     def __repr__(self) -> str:
         return f"BatchEngine(data_dir={str(self.data_dir)!r}, profile={self.profile.name!r}, speed={self.speed!r})"
 
     def close(self) -> None:
         """Stop this engine's worker thread (a detached worker process keeps running until idle)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._worker.close()
         self.store.close()
 
     def __enter__(self) -> BatchEngine:
@@ -210,7 +154,7 @@ class BatchEngine:
         except ServiceError:
             self.store.file_path(file_id).unlink(missing_ok=True)
             raise
-        return _file_json(file_id, display_name, purpose, size, created)
+        return file_json(file_id, display_name, purpose, size, created)
 
     def list_files(self, *, purpose: str | None = None, after: str | None = None, limit: int = 10000) -> dict[str, Any]:
         if not 1 <= limit <= 10000:
@@ -224,10 +168,10 @@ class BatchEngine:
             params.append(self._seq("files", after))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self.store.read(f"SELECT * FROM files {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
-        return _page([_file_row_json(r) for r in rows[:limit]], has_more=len(rows) > limit)
+        return page([file_row_json(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
     def get_file(self, file_id: str) -> dict[str, Any]:
-        return _file_row_json(self._file_row(file_id))
+        return file_row_json(self._file_row(file_id))
 
     def file_content_path(self, file_id: str) -> Path:
         self._file_row(file_id)
@@ -236,10 +180,7 @@ class BatchEngine:
     def delete_file(self, file_id: str) -> dict[str, Any]:
         self._file_row(file_id)
         with self.store.write() as db:
-            busy = db.execute(
-                f"SELECT id FROM batches WHERE input_file_id = ? AND status IN ({_marks(ACTIVE_STATUSES)})",
-                (file_id, *ACTIVE_STATUSES),
-            ).fetchone()
+            busy = db.execute(f"SELECT id FROM batches WHERE input_file_id = ? AND {ACTIVE_WHERE}", (file_id,)).fetchone()
             if busy is not None:
                 message = f"File {file_id} is the input of batch {busy['id']}, which is still running."
                 raise ServiceError(400, message, param="file_id")
@@ -256,28 +197,25 @@ class BatchEngine:
         metadata: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         profile = self.profile
-        if endpoint not in profile.endpoints:
-            raise ServiceError(
-                400,
-                f"Invalid endpoint {endpoint!r}; {profile.name} supports {', '.join(profile.endpoints)}.",
-                param="endpoint",
-            )
-        if not isinstance(completion_window, str) or not profile.window_allowed(completion_window):
-            allowed = (
-                ", ".join(profile.completion_windows)
-                if profile.completion_windows
-                else f"{profile.min_window_seconds // 3600}h to {profile.max_window_seconds // 3600}h"
-            )
-            message = f"Invalid completion_window {completion_window!r}; allowed: {allowed}."
-            raise ServiceError(400, message, param="completion_window")
-        metadata = _check_metadata(metadata, profile)
+        problem = endpoint_problem(profile, endpoint)
+        if problem is not None:
+            raise ServiceError(400, f"{problem}.", param="endpoint")
+        problem = window_problem(profile, completion_window)
+        if problem is not None:
+            raise ServiceError(400, f"{problem}.", param="completion_window")
+        if isinstance(metadata, Mapping) and metadata and not profile.supports_metadata:
+            raise ServiceError(400, f"{profile.name} batches do not take metadata.", param="metadata")
+        problem = metadata_problem(metadata)
+        if problem is not None:
+            raise ServiceError(400, f"{problem}.", param="metadata")
+        metadata = dict(metadata) if metadata is not None else None
         try:
             batch_plan = plan_from_metadata(metadata)
         except ValueError as exc:
             raise ServiceError(400, str(exc), param="metadata") from None
-        if not isinstance(input_file_id, str) or not FILE_ID_RE.match(input_file_id):
-            raise ServiceError(400, f"Invalid input_file_id {input_file_id!r}: no such file.", param="input_file_id")
-        file_row = self.store.read_one("SELECT * FROM files WHERE id = ?", (input_file_id,))
+        file_row = None
+        if isinstance(input_file_id, str) and FILE_ID_RE.match(input_file_id):
+            file_row = self.store.read_one("SELECT * FROM files WHERE id = ?", (input_file_id,))
         if file_row is None:
             raise ServiceError(400, f"Invalid input_file_id {input_file_id!r}: no such file.", param="input_file_id")
         if file_row["purpose"] != "batch":
@@ -288,7 +226,7 @@ class BatchEngine:
             )
         plan = self.faults.merged(batch_plan) if batch_plan is not None else self.faults
         settings = {
-            "profile": _profile_json(profile),
+            "profile": profile_to_json(profile),
             "speed": self.speed,
             "time_scale": self.time_scale,
             "faults": plan.model_dump(mode="json"),
@@ -296,7 +234,7 @@ class BatchEngine:
         }
         batch_id = new_batch_id()
         now = time.time()
-        deadline = now + parse_window(completion_window) / self.time_scale
+        window = parse_window(completion_window) / self.time_scale
         with self.store.write() as db:
             db.execute(
                 "INSERT INTO batches (id, status, endpoint, input_file_id, completion_window, created_at, expires_at,"
@@ -307,18 +245,18 @@ class BatchEngine:
                     input_file_id,
                     completion_window,
                     int(now),
-                    int(now) + math.ceil(parse_window(completion_window) / self.time_scale),
+                    int(now) + math.ceil(window),
                     orjson.dumps(metadata).decode() if metadata is not None else None,
                     orjson.dumps(settings).decode(),
-                    deadline,
+                    now + window,
                 ),
             )
         created = self.get_batch(batch_id)  # as created: an instant worker may finish it at once
-        self._kick_worker()
+        self._worker.kick()
         return created
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
-        return _batch_json(self._batch_row(batch_id))
+        return batch_json(self._batch_row(batch_id))
 
     def list_batches(self, *, after: str | None = None, limit: int = 20) -> dict[str, Any]:
         if not 1 <= limit <= 100:
@@ -329,7 +267,7 @@ class BatchEngine:
             rows = self.store.read(
                 "SELECT * FROM batches WHERE seq < ? ORDER BY seq DESC LIMIT ?", (self._seq("batches", after), limit + 1)
             )
-        return _page([_batch_json(r) for r in rows[:limit]], has_more=len(rows) > limit)
+        return page([batch_json(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         self._batch_row(batch_id)
@@ -342,7 +280,7 @@ class BatchEngine:
             elif status != "cancelling":
                 raise ServiceError(400, f"Cannot cancel a batch with status '{status}'.", param="batch_id")
         cancelling = self.get_batch(batch_id)
-        self._kick_worker()
+        self._worker.kick()
         return cancelling
 
     # ---- helpers -------------------------------------------------------------------------
@@ -364,108 +302,8 @@ class BatchEngine:
             raise ServiceError(400, f"Invalid 'after': no object with id {object_id!r}.", param="after")
         return int(row["seq"])
 
-    def _has_active_batches(self) -> bool:
-        sql = f"SELECT 1 FROM batches WHERE status IN ({_marks(ACTIVE_STATUSES)}) LIMIT 1"
-        return self.store.read_one(sql, ACTIVE_STATUSES) is not None
 
-    def _kick_worker(self) -> None:
-        if self.worker_mode == "thread":
-            self._wake.set()
-        elif self.worker_mode == "process":
-            self._ensure_worker_process()
-
-    def _ensure_worker_process(self) -> None:
-        from batch_pipelines.local_service.worker import ensure_worker_process
-
-        ensure_worker_process(self.store)
-
-
-# ---- JSON shapes ---------------------------------------------------------------------------
-
-
-def _file_json(file_id: str, filename: str, purpose: str, size: int, created_at: int) -> dict[str, Any]:
-    return {
-        "id": file_id,
-        "object": "file",
-        "bytes": size,
-        "created_at": created_at,
-        "filename": filename,
-        "purpose": purpose,
-        "status": "processed",
-        "expires_at": None,
-        "status_details": None,
-    }
-
-
-def _file_row_json(row: Any) -> dict[str, Any]:
-    return _file_json(row["id"], row["filename"], row["purpose"], row["bytes"], row["created_at"])
-
-
-def _batch_json(row: Any) -> dict[str, Any]:
-    errors = row["errors"]
-    metadata = row["metadata"]
-    batch: dict[str, Any] = {
-        "id": row["id"],
-        "object": "batch",
-        "endpoint": row["endpoint"],
-        "errors": {"object": "list", "data": orjson.loads(errors)} if errors else None,
-        "input_file_id": row["input_file_id"],
-        "completion_window": row["completion_window"],
-        "status": row["status"],
-        "output_file_id": row["output_file_id"],
-        "error_file_id": row["error_file_id"],
-    }
-    batch.update({name: row[name] for name in _TIMESTAMPS})
-    batch["request_counts"] = {"total": row["total"], "completed": row["completed"], "failed": row["failed"]}
-    batch["metadata"] = orjson.loads(metadata) if metadata else None
-    return batch
-
-
-def _page(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
-
-
-def _profile_json(profile: ProviderProfile) -> dict[str, Any]:
-    """The profile as JSON, so a worker in another process validates exactly as this engine would."""
-    out: dict[str, Any] = {f.name: getattr(profile, f.name) for f in fields(profile)}
-    out["forbidden_params"] = {model: sorted(params) for model, params in profile.forbidden_params.items()}
-    return out
-
-
-def profile_from_json(data: Mapping[str, Any]) -> ProviderProfile:
-    values = dict(data)
-    values["endpoints"] = tuple(values["endpoints"])
-    if values.get("completion_windows") is not None:
-        values["completion_windows"] = tuple(values["completion_windows"])
-    values["forbidden_params"] = {m: frozenset(p) for m, p in values.get("forbidden_params", {}).items()}
-    return ProviderProfile(**values)
-
-
-def _check_metadata(metadata: Any, profile: ProviderProfile) -> dict[str, str] | None:
-    if metadata is None:
-        return None
-    if not isinstance(metadata, Mapping):
-        raise ServiceError(400, "metadata must be an object of string keys and values.", param="metadata")
-    if metadata and not profile.supports_metadata:
-        raise ServiceError(400, f"{profile.name} batches do not take metadata.", param="metadata")
-    if len(metadata) > METADATA_MAX_PAIRS:
-        message = f"metadata has {len(metadata)} pairs; at most {METADATA_MAX_PAIRS} are allowed."
-        raise ServiceError(400, message, param="metadata")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ServiceError(400, f"metadata[{key!r}]: keys and values must be strings.", param="metadata")
-        if len(key) > METADATA_MAX_KEY_CHARS:
-            message = f"metadata key {key[:20]!r}... is longer than {METADATA_MAX_KEY_CHARS} characters."
-            raise ServiceError(400, message, param="metadata")
-        if len(value) > METADATA_MAX_VALUE_CHARS:
-            raise ServiceError(400, f"metadata[{key!r}] is longer than {METADATA_MAX_VALUE_CHARS} characters.", param="metadata")
-    return dict(metadata)
+# ---- storing an upload -----------------------------------------------------------------------
 
 
 def _display_name(filename: str) -> str:
@@ -493,8 +331,3 @@ def _copy_stream(src: BinaryIO, out: BinaryIO, limit: int) -> int:
         out.write(chunk)
         size += len(chunk)
     return size
-
-
-def _marks(values: tuple[str, ...]) -> str:
-    return ", ".join("?" * len(values))
-

@@ -40,11 +40,22 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["FAULTS_METADATA_KEY", "FaultPlan", "HttpFault"]
+from batch_pipelines.local_service.errors import error_body
+
+__all__ = [
+    "FAULTS_METADATA_KEY",
+    "FaultPlan",
+    "HttpFault",
+    "RowFaults",
+    "injected_row_error",
+    "injected_validation_error",
+    "plan_from_metadata",
+]
 
 #: Batch metadata key holding a per-batch FaultPlan as JSON.
 FAULTS_METADATA_KEY = "local_faults"
@@ -131,14 +142,41 @@ def plan_from_metadata(metadata: Mapping[str, str] | None) -> FaultPlan | None:
     return plan
 
 
+_ROW_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("invalid_request_error", "The request was rejected as invalid (injected by the local fault plan).", None),
+    429: ("rate_limit_error", "Rate limit reached for requests (injected by the local fault plan).", "rate_limit_exceeded"),
+    500: ("server_error", "The server had an error while processing your request (injected by the local fault plan).", None),
+}
+
+
+def injected_row_error(status: int) -> dict[str, Any]:
+    """The response body of a row failed by ``row_failures`` with ``status``."""
+    default = ("server_error", f"Injected HTTP {status} (local fault plan).", None)
+    type_, message, code = _ROW_ERRORS.get(status, default)
+    return error_body(message, type_, code=code)
+
+
+def injected_validation_error(code: str, model: str | None) -> dict[str, Any]:
+    """The ``errors.data`` entry of a batch failed by ``validation_error``."""
+    if code == "token_limit_exceeded":
+        message = (
+            f"Enqueued token limit reached for {model or 'this model'} in organization local. "
+            "Please try again once some in_progress batches have been completed."
+        )
+    else:
+        message = f"Validation failed with {code} (injected by the local fault plan)."
+    return {"code": code, "line": None, "message": message, "param": None}
+
+
 class RowFaults:
-    """Which rows of one batch get which fault (by 0-based input line index).
+    """Which rows of one batch get which fault (by 0-based input line index), and what they do to its lines.
 
     Rates use a hash of (seed, line), so they need no memory; counted faults pick exact line
     indices with a seeded sample, memory proportional to the counts only.
     """
 
-    def __init__(self, plan: FaultPlan, total: int) -> None:
+    def __init__(self, plan: FaultPlan, total: int, *, batch_tag: str) -> None:
+        self._tag = batch_tag
         self._seed = plan.seed
         # Cumulative thresholds so one hash picks at most one failure status per row.
         self._failure_bounds: list[tuple[float, int]] = []
@@ -165,6 +203,17 @@ class RowFaults:
             if u < bound:
                 return status
         return None
+
+    def output_lines(self, line: int, encoded: bytes, custom_id: str) -> list[bytes]:
+        """What the output file gets for the succeeded row ``line`` whose line is ``encoded``."""
+        if line in self.corrupt:
+            return [encoded[: len(encoded) // 2]]
+        if line in self.duplicate:
+            return [encoded, encoded]
+        if line in self.unknown:
+            stranger = encoded.replace(orjson.dumps(custom_id), orjson.dumps(f"unknown-{self._tag}-{line}"), 1)
+            return [encoded, stranger]
+        return [encoded]
 
 
 def _unit(seed: int, n: int) -> float:

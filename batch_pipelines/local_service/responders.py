@@ -1,40 +1,35 @@
-"""Responders: what answers each request of a batch.
+"""Responders: what answers each request of a batch, and the default one.
 
-A responder turns a chunk of request bodies for one endpoint into replies. Two ship here:
+A responder turns a chunk of request bodies for one endpoint into replies, ``(status, body)``
+each. Its JSON ``spec`` is what a batch records of it, so any worker process rebuilds it
+(``responder_specs.py``). Two ship: :class:`DefaultResponder`, here, and the
+:class:`~batch_pipelines.local_service.forwarding.ForwardingResponder` (``forwarding.py``).
 
-- :class:`DefaultResponder` (the default): deterministic, well-formed bodies for every batch
-  endpoint: ``chat.completion`` with usage counts, ``/v1/responses``, ``/v1/embeddings`` (fixed
-  dimension, unit vectors derived from the input text), ``/v1/completions`` and
-  ``/v1/moderations``. A chat request with ``response_format: {"type": "json_schema"}`` (or a
-  responses request with ``text.format``) gets content that validates against its schema: a minimal
-  instance built from the schema (required properties, a deterministic enum member chosen by the
-  prompt, ``$defs``/``$ref``, ``anyOf``...). Same input, same content.
-- :class:`ForwardingResponder`: sends each request to a real-time OpenAI-compatible endpoint (a
-  local model server, say) with bounded concurrency. Its API key is read from the environment
-  variable it is told about, never stored.
-
-A responder has a JSON ``spec`` so that a batch records how it is answered and any worker process
-can rebuild it with :func:`responder_from_spec`.
+The default responder answers every batch endpoint without a network, deterministically (same
+input, same content) and with well-formed bodies: ``chat.completion`` with usage counts,
+``/v1/responses``, ``/v1/embeddings`` (fixed dimension, unit vectors derived from the input text),
+``/v1/completions`` and ``/v1/moderations``. A chat request with ``response_format: {"type":
+"json_schema"}`` (or a responses request with ``text.format``) gets content that validates
+against its schema (``schema_instance.py``), its choices picked by the prompt.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
 import struct
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-import httpx
 import orjson
 
+from batch_pipelines.local_service.errors import error_body
+from batch_pipelines.local_service.schema_instance import schema_instance
 from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES
 
-__all__ = ["DefaultResponder", "ForwardingResponder", "Reply", "Responder", "responder_from_spec", "schema_instance"]
+__all__ = ["EMBEDDING_DIMENSIONS", "DefaultResponder", "Reply", "Responder"]
 
 #: (status_code, body). A status of 0 marks a failure with no HTTP answer; the body is then the
 #: output line's ``error`` object ({"code", "message"}).
@@ -59,25 +54,14 @@ _MODERATION_CATEGORIES = (
 
 
 class Responder(Protocol):
+    """Answers requests; one reply per body, in order."""
+
+    #: JSON a worker in any process rebuilds this responder from (``{"kind": ..., **arguments}``).
     spec: dict[str, Any]
 
     def respond(self, endpoint: str, bodies: Sequence[Mapping[str, Any]]) -> list[Reply]: ...
 
     def close(self) -> None: ...
-
-
-def responder_from_spec(spec: Mapping[str, Any] | None) -> Responder:
-    """Rebuild the responder a batch recorded at creation."""
-    kind = (spec or {}).get("kind", "default")
-    if kind == "default":
-        return DefaultResponder()
-    if kind == "forward":
-        args = {k: v for k, v in spec.items() if k != "kind"}  # type: ignore[union-attr]
-        return ForwardingResponder(**args)
-    raise ValueError(f"unknown responder kind {kind!r}")
-
-
-# ---- default responder -------------------------------------------------------------------------
 
 
 class DefaultResponder:
@@ -99,7 +83,7 @@ class DefaultResponder:
     def respond(self, endpoint: str, bodies: Sequence[Mapping[str, Any]]) -> list[Reply]:
         handler = self._handlers.get(endpoint)
         if handler is None:
-            return [(404, _error_body(f"Unknown endpoint {endpoint}", "invalid_request_error")) for _ in bodies]
+            return [(404, error_body(f"Unknown endpoint {endpoint}", "invalid_request_error")) for _ in bodies]
         now = int(time.time())
         return [handler(body, now) for body in bodies]
 
@@ -263,110 +247,6 @@ class DefaultResponder:
         return content
 
 
-def schema_instance(schema: Mapping[str, Any], *, pick: int = 0) -> Any:
-    """A small instance that validates against ``schema`` (the JSON Schema subset of structured outputs).
-
-    ``pick`` chooses enum members and booleans deterministically, so different prompts give
-    different but reproducible answers.
-    """
-    return _instance(schema, schema, pick, 0)
-
-
-def _instance(schema: Any, root: Mapping[str, Any], pick: int, depth: int) -> Any:
-    if not isinstance(schema, Mapping):
-        return None
-    if "$ref" in schema:
-        return _instance(_resolve_ref(schema["$ref"], root), root, pick, depth + 1)
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        options = schema["enum"]
-        return options[pick % len(options)]
-    for combinator in ("anyOf", "oneOf"):
-        if schema.get(combinator):
-            options = schema[combinator]
-            # A non-null branch makes a more useful answer than null.
-            chosen = next((o for o in options if not (isinstance(o, Mapping) and o.get("type") == "null")), options[0])
-            return _instance(chosen, root, pick, depth + 1)
-    if schema.get("allOf"):
-        parts = [_instance(s, root, pick, depth + 1) for s in schema["allOf"]]
-        if all(isinstance(p, dict) for p in parts):
-            return {k: v for p in parts for k, v in p.items()}
-        return parts[0]
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None:
-        kind = "object" if "properties" in schema else "string"
-    if kind == "object":
-        props = schema.get("properties") or {}
-        required = schema.get("required") or []
-        return {name: _instance(props.get(name, {}), root, pick, depth + 1) for name in required}
-    if kind == "array":
-        count = schema.get("minItems", 0 if depth > 8 else 1)
-        if schema.get("maxItems") is not None:
-            count = min(count, schema["maxItems"])
-        return [_instance(schema.get("items") or {}, root, pick + i, depth + 1) for i in range(count)]
-    if kind == "string":
-        return _string(schema)
-    if kind in ("integer", "number"):
-        return _number(schema, pick, integer=kind == "integer")
-    if kind == "boolean":
-        return pick % 2 == 0
-    return None
-
-
-def _resolve_ref(ref: str, root: Mapping[str, Any]) -> Any:
-    if not ref.startswith("#"):
-        raise ValueError(f"only local $ref are supported, got {ref!r}")
-    node: Any = root
-    for part in filter(None, ref[1:].split("/")):
-        node = node[part.replace("~1", "/").replace("~0", "~")]
-    return node
-
-
-def _string(schema: Mapping[str, Any]) -> str:
-    fmt = schema.get("format")
-    value = {
-        "date-time": "2024-01-01T00:00:00Z",
-        "date": "2024-01-01",
-        "time": "00:00:00",
-        "email": "local@example.com",
-        "uuid": "00000000-0000-4000-8000-000000000000",
-        "uri": "https://example.com",
-        "hostname": "example.com",
-        "ipv4": "127.0.0.1",
-    }.get(fmt, "local")
-    min_len, max_len = schema.get("minLength", 0), schema.get("maxLength")
-    if len(value) < min_len:
-        value += "x" * (min_len - len(value))
-    if max_len is not None:
-        value = value[:max_len]
-    return value
-
-
-def _number(schema: Mapping[str, Any], pick: int, *, integer: bool) -> int | float:
-    low = schema.get("minimum", schema.get("exclusiveMinimum"))
-    high = schema.get("maximum", schema.get("exclusiveMaximum"))
-    step = schema.get("multipleOf")
-    if low is not None and high is not None and not step:
-        # Both bounds (a confidence in 0..1, a rating in 1..5): spread answers over the range by
-        # ``pick``, staying clear of exclusive bounds, so results look like a model's.
-        if integer:
-            first = math.floor(low) + 1 if "exclusiveMinimum" in schema and "minimum" not in schema else math.ceil(low)
-            last = math.ceil(high) - 1 if "exclusiveMaximum" in schema and "maximum" not in schema else math.floor(high)
-            return first + pick % max(last - first + 1, 1)
-        return low + (high - low) * (1 + pick % 99) / 100
-    value: float = 0
-    if low is not None:
-        value = low + (1 if "exclusiveMinimum" in schema and "minimum" not in schema else 0)
-    elif high is not None and value >= high:
-        value = high - 1
-    if step:
-        value = math.ceil(value / step) * step
-    return int(math.ceil(value)) if integer else float(value)
-
-
 def _messages_text(messages: Any) -> str:
     parts = []
     for message in messages or ():
@@ -395,82 +275,3 @@ def _embedding(text: str, dims: int) -> list[float]:
     norm = math.sqrt(sum(v * v for v in raw)) or 1.0
     # Round through float32 as real services do: shorter lines, same precision as theirs.
     return [struct.unpack("f", struct.pack("f", v / norm))[0] for v in raw]
-
-
-def _error_body(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
-
-
-# ---- forwarding responder ----------------------------------------------------------------------
-
-
-class ForwardingResponder:
-    """Answers each request by calling a real-time OpenAI-compatible endpoint.
-
-    ``base_url`` is the server's API root (``http://127.0.0.1:8000/v1``); the batch endpoint's path
-    below ``/v1`` is appended. At most ``concurrency`` requests are in flight. ``model``, when set,
-    replaces the body's model (run a batch on your own model). The API key is read from the
-    environment variable named by ``api_key_env`` when the responder is built.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key_env: str | None = None,
-        concurrency: int = 4,
-        timeout: float = 60.0,
-        model: str | None = None,
-    ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        self.spec = {
-            "kind": "forward",
-            "base_url": base_url,
-            "api_key_env": api_key_env,
-            "concurrency": concurrency,
-            "timeout": timeout,
-            "model": model,
-        }
-        self._base_url = base_url.rstrip("/")
-        self._model = model
-        headers = {}
-        if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
-                raise ValueError(f"environment variable {api_key_env} (the forwarding API key) is not set")
-            headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="forward")
-
-    def __repr__(self) -> str:
-        return f"ForwardingResponder(base_url={self._base_url!r}, concurrency={self.spec['concurrency']})"
-
-    def respond(self, endpoint: str, bodies: Sequence[Mapping[str, Any]]) -> list[Reply]:
-        url = self._base_url + endpoint.removeprefix("/v1")
-        return list(self._pool.map(lambda body: self._send(url, body), bodies))
-
-    def _send(self, url: str, body: Mapping[str, Any]) -> Reply:
-        if self._model is not None:
-            body = {**body, "model": self._model}
-        try:
-            response = self._client.post(url, content=orjson.dumps(body), headers={"Content-Type": "application/json"})
-        except httpx.TimeoutException:
-            return 0, {"code": "request_timeout", "message": "The upstream model server did not answer in time."}
-        except httpx.HTTPError as exc:
-            return 502, _error_body(f"Upstream model server unreachable: {type(exc).__name__}", "server_error")
-        try:
-            payload = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            return 502, _error_body(f"Upstream answered {response.status_code} with a non-JSON body", "server_error")
-        if not isinstance(payload, dict):
-            return 502, _error_body("Upstream answered with a non-object JSON body", "server_error")
-        return response.status_code, payload
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        self._client.close()

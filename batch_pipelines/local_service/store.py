@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BATCH_ID_RE", "FILE_ID_RE", "Store", "new_batch_id", "new_file_id"]
+__all__ = ["ACTIVE_STATUSES", "ACTIVE_WHERE", "BATCH_ID_RE", "FILE_ID_RE", "Store", "new_batch_id", "new_file_id"]
 
 FILE_ID_RE = re.compile(r"^file-[a-f0-9]{24}$")
 BATCH_ID_RE = re.compile(r"^batch_[a-f0-9]{24}$")
@@ -82,6 +82,8 @@ CREATE INDEX IF NOT EXISTS batches_status ON batches(status);
 
 #: Statuses a worker still has to act on.
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+#: The SQL condition "the batch is active" (fixed literals, no parameters to bind).
+ACTIVE_WHERE = f"status IN ({', '.join(repr(status) for status in ACTIVE_STATUSES)})"
 
 
 def new_file_id() -> str:
@@ -138,6 +140,14 @@ class Store:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def batch_row(self, batch_id: str) -> sqlite3.Row | None:
+        return self.read_one("SELECT * FROM batches WHERE id = ?", (batch_id,))
+
+    def active_batch_ids(self, *, limit: int = -1) -> list[str]:
+        """Ids of the batches a worker still has to act on, oldest first (SQLite: -1 is no limit)."""
+        rows = self.read(f"SELECT id FROM batches WHERE {ACTIVE_WHERE} ORDER BY seq LIMIT ?", (limit,))
+        return [row["id"] for row in rows]
 
     def close(self) -> None:
         with self._all_lock:

@@ -14,13 +14,12 @@ import httpx
 from pydantic import SecretStr
 
 from batch_pipelines.profiles import ProviderProfile
-from batch_pipelines.providers.base import (
-    CLOCK_SKEW_SECONDS,
+from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider
+from batch_pipelines.providers.types import (
     RESUBMIT_LATER_CODES,
     TERMINAL_STATUSES,
     Batch,
     BatchError,
-    BatchProvider,
     BatchStatus,
     FileObject,
     RequestCounts,
@@ -42,9 +41,11 @@ from batch_pipelines.providers.errors import (
     RateLimitError,
     UnprocessableEntityError,
 )
-from batch_pipelines.providers.http import DEFAULT_TIMEOUT, RetryPolicy
+from batch_pipelines.providers.http import DEFAULT_TIMEOUT
+from batch_pipelines.providers.retry_policy import RetryPolicy
 from batch_pipelines.providers.local import LOCAL, LocalProvider, default_local_dir
 from batch_pipelines.providers.openai_compatible import OpenAICompatibleProvider, parse_batch, parse_file
+from batch_pipelines.providers.polling import poll_batches
 
 __all__ = [
     "APIConnectionError",
@@ -80,6 +81,7 @@ __all__ = [
     "make_provider",
     "parse_batch",
     "parse_file",
+    "poll_batches",
 ]
 
 

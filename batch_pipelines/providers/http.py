@@ -1,11 +1,9 @@
 """The HTTP transport of OpenAI-style providers: one httpx.Client, patient retries, a guarded key.
 
-Retries follow openai-python's policy (``_base_client.py``): connection errors, timeouts, 408, 409,
-429 and 5xx are retried with exponential backoff from 0.5 s to 8 s, less up to 25 % jitter, unless
-the server says how long to wait (``retry-after-ms``, then ``Retry-After`` in seconds or as an HTTP
-date). A server asking for more than ``max_retry_after`` seconds is not waited for: the error is
-raised so that the caller (a sensor with hours to spare) comes back later instead of blocking.
-400, 401, 403, 404 and a 429 that means "out of money" are raised at once.
+Connection errors are retried, and error answers as :mod:`batch_pipelines.providers.retry_policy`
+says (408, 409, 429 and 5xx, not a 429 that means "out of money", with its waits); 400, 401, 403
+and 404 are raised at once. A call that may have taken effect although its answer was lost is
+looked up (``recover``) before it is sent again.
 
 The API key lives in a :class:`pydantic.SecretStr` and is only unwrapped inside :class:`_BearerAuth`
 while a request is being sent. httpx masks the Authorization header in ``repr(headers)`` and
@@ -15,15 +13,11 @@ messages are scrubbed of the key before they become exceptions, in case a servic
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
 import os
-import random
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +33,7 @@ from batch_pipelines.providers.errors import (
     ProviderError,
     status_error_class,
 )
+from batch_pipelines.providers.retry_policy import RetryPolicy
 
 __all__ = ["DEFAULT_TIMEOUT", "HttpTransport", "RetryPolicy", "resolve_api_key", "write_atomically"]
 
@@ -49,71 +44,9 @@ _T = TypeVar("_T")
 #: Long reads are allowed (a large upload is validated before the answer comes); connecting is not.
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 
-#: 429 error codes that mean a spend or credit limit was reached: waiting will not help.
-_QUOTA_EXHAUSTED_CODES = frozenset(
-    {"insufficient_quota", "billing_hard_limit_reached", "exceeded_current_quota_error", "billing_not_active"}
-)
-
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id")
 
 _REDACTED = "[redacted]"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How patient the transport is. ``max_retries`` counts retries, not attempts."""
-
-    max_retries: int = 5
-    initial_delay: float = 0.5
-    max_delay: float = 8.0
-    #: Longest server-requested wait honoured; above it the error is raised instead.
-    max_retry_after: float = 120.0
-
-    def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-        if not 0 <= self.initial_delay <= self.max_delay:
-            raise ValueError("need 0 <= initial_delay <= max_delay")
-
-    def delay(self, retries_taken: int, headers: httpx.Headers | None) -> float:
-        """Seconds to wait before retry number ``retries_taken + 1``."""
-        retry_after = _retry_after_seconds(headers)
-        if retry_after is not None and 0 < retry_after <= self.max_retry_after:
-            return retry_after
-        backoff = min(self.initial_delay * 2.0 ** min(retries_taken, 64), self.max_delay)
-        return backoff * (1 - 0.25 * random.random())
-
-    def retryable_status(self, status_code: int, code: str | None, headers: httpx.Headers) -> bool:
-        """Whether an error answer is worth another attempt; ``code`` is the provider's error code or type."""
-        if not (status_code in (408, 409, 429) or status_code >= 500):
-            return False
-        if status_code == 429 and code in _QUOTA_EXHAUSTED_CODES:
-            return False
-        retry_after = _retry_after_seconds(headers)
-        return retry_after is None or retry_after <= self.max_retry_after
-
-
-def _retry_after_seconds(headers: httpx.Headers | None) -> float | None:
-    """The server's requested wait: ``retry-after-ms``, else ``Retry-After`` seconds or HTTP date."""
-    if headers is None:
-        return None
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / divisor
-        except ValueError:
-            continue
-        return seconds if math.isfinite(seconds) else math.inf
-    date = headers.get("retry-after")
-    if date is None:
-        return None
-    try:
-        parsed = email.utils.parsedate_tz(date)
-        return None if parsed is None else float(email.utils.mktime_tz(parsed) - time.time())
-    except (TypeError, ValueError, OverflowError):
-        return None
 
 
 def resolve_api_key(api_key: str | SecretStr | None, env_var: str | None, provider: str) -> SecretStr:

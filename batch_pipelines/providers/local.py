@@ -18,7 +18,8 @@ from batch_pipelines.local_service.engine import BatchEngine, ServiceError, Spee
 from batch_pipelines.local_service.faults import FaultPlan
 from batch_pipelines.local_service.responders import Responder
 from batch_pipelines.profiles import ProviderProfile
-from batch_pipelines.providers.base import Batch, BatchProvider, FileObject
+from batch_pipelines.providers.base import BatchProvider
+from batch_pipelines.providers.types import Batch, FileObject
 from batch_pipelines.providers.errors import APIStatusError, NotFoundError, status_error_class
 from batch_pipelines.providers.http import write_atomically
 from batch_pipelines.providers.openai_compatible import batch_create_body, iter_batches, parse_batch, parse_file

@@ -20,16 +20,12 @@ from typing import Any
 import httpx
 from pydantic import SecretStr, ValidationError
 
-from batch_pipelines.profiles import (
-    METADATA_MAX_KEY_CHARS,
-    METADATA_MAX_PAIRS,
-    METADATA_MAX_VALUE_CHARS,
-    ProviderProfile,
-    get_profile,
-)
-from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, Batch, BatchError, BatchProvider, BatchStatus, FileObject, created_since
+from batch_pipelines.profiles import ProviderProfile, endpoint_problem, get_profile, metadata_problem, window_problem
+from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider, created_since
+from batch_pipelines.providers.types import Batch, BatchError, BatchStatus, FileObject
 from batch_pipelines.providers.errors import APIResponseValidationError, NotFoundError, ProviderError
-from batch_pipelines.providers.http import DEFAULT_TIMEOUT, HttpTransport, RetryPolicy, resolve_api_key
+from batch_pipelines.providers.http import DEFAULT_TIMEOUT, HttpTransport, resolve_api_key
+from batch_pipelines.providers.retry_policy import RetryPolicy
 
 __all__ = ["OpenAICompatibleProvider", "batch_create_body", "iter_batches", "parse_batch", "parse_file"]
 
@@ -189,24 +185,12 @@ def batch_create_body(
     from the caller's own records, not with list.
     """
     window = completion_window or profile.default_window
-    if endpoint not in profile.endpoints:
-        raise ValueError(f"{profile.name} batches accept endpoints {list(profile.endpoints)}, not {endpoint!r}")
-    if not profile.window_allowed(window):
-        allowed = profile.completion_windows or f"{profile.min_window_seconds}s..{profile.max_window_seconds}s"
-        raise ValueError(f"{profile.name} does not accept completion_window {window!r} (allowed: {allowed})")
+    problem = endpoint_problem(profile, endpoint) or window_problem(profile, window) or metadata_problem(metadata)
+    if problem:
+        raise ValueError(problem)
     body: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": window}
     if not metadata:
         return body
-    if len(metadata) > METADATA_MAX_PAIRS:
-        raise ValueError(f"batch metadata has {len(metadata)} pairs; at most {METADATA_MAX_PAIRS} are allowed")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ValueError(f"batch metadata {key!r}: keys and values must be strings")
-        if len(key) > METADATA_MAX_KEY_CHARS or len(value) > METADATA_MAX_VALUE_CHARS:
-            raise ValueError(
-                f"batch metadata {key!r}: keys are limited to {METADATA_MAX_KEY_CHARS} chars "
-                f"and values to {METADATA_MAX_VALUE_CHARS}"
-            )
     if profile.supports_metadata:
         body["metadata"] = dict(metadata)
     else:

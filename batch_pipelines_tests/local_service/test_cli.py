@@ -11,8 +11,9 @@ import sys
 import openai
 import pytest
 
-from batch_pipelines_tests.conftest import wait_for_batch
-from batch_pipelines_tests.local_service.support import CHAT, chat_line, write_lines
+from batch_pipelines.local_service import BatchEngine
+from batch_pipelines_tests.support.request_files import CHAT, chat_line, write_lines
+from batch_pipelines_tests.support.waiting import wait_for_batch
 
 
 @pytest.mark.parametrize("key_from", ["flag", "env"])
@@ -40,7 +41,5 @@ def test_serve_prints_its_url_and_answers_the_sdk(tmp_path, key_from):
         assert server.wait(timeout=20) == 0
         assert "Traceback" not in server.stderr.read()
 
-    from batch_pipelines.local_service import BatchEngine
-
     with BatchEngine(tmp_path / "data", worker="none") as engine:  # the state outlives the server
-        assert wait_for_batch(engine, batch.id, timeout=5)["status"] == "completed"
+        assert wait_for_batch(engine, batch.id)["status"] == "completed"

@@ -11,8 +11,10 @@ import orjson
 import pytest
 
 from batch_pipelines.local_service import FAULTS_METADATA_KEY, FaultPlan, HttpFault, ServiceError
-from batch_pipelines_tests.conftest import wait_for_batch
-from batch_pipelines_tests.local_service.support import chat_line, file_lines, sdk, submit, write_lines
+from batch_pipelines_tests.support.clients import sdk
+from batch_pipelines_tests.support.engine import file_lines, submit
+from batch_pipelines_tests.support.request_files import chat_line, write_lines
+from batch_pipelines_tests.support.waiting import wait_for_batch, wait_until
 
 ROWS = 60
 ALL_IDS = {f"text_{i}" for i in range(ROWS)}
@@ -193,9 +195,6 @@ def test_dropped_connections_and_answers_lost_after_the_call_took_effect(local_s
         else:
             with pytest.raises(error):
                 upload(timeout=0.3)
-        deadline = time.monotonic() + 10  # a late answer's call may still be finishing
-        while stored() != before + 1:
-            assert time.monotonic() < deadline, f"{fault}: the call took no effect"
-            time.sleep(0.02)
+        wait_until(lambda: stored() == before + 1)  # a late answer's call may still be finishing
     # The rule is spent: the next call is answered normally.
     assert upload().status_code == 200

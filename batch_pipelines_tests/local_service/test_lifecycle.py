@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from batch_pipelines.local_service import FaultPlan, ServiceError
-from batch_pipelines_tests.conftest import wait_for_batch
-from batch_pipelines_tests.local_service.support import chat_line, file_lines, submit
+from batch_pipelines.local_service.worker_loop import Worker
+from batch_pipelines_tests.support.engine import file_lines, submit, watch_batch
+from batch_pipelines_tests.support.request_files import chat_line
+from batch_pipelines_tests.support.waiting import wait_for_batch
 
 STAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at")
 
@@ -21,15 +21,7 @@ def test_progress_is_visible_through_every_status(local_service, tmp_path):
     svc = local_service(faults=FaultPlan(row_delay=0.02))
     batch = submit(svc.engine, tmp_path, [chat_line(i) for i in range(40)])
     assert batch["status"] == "validating" and _stamped(batch) == set()
-    seen, counts = [], []
-    deadline = time.monotonic() + 30
-    while batch["status"] != "completed":
-        assert time.monotonic() < deadline
-        batch = svc.engine.get_batch(batch["id"])
-        if not seen or seen[-1] != batch["status"]:
-            seen.append(batch["status"])
-        counts.append(batch["request_counts"]["completed"])
-        time.sleep(0.01)
+    seen, counts, batch = watch_batch(svc.engine, batch["id"])
     assert seen[0] in ("validating", "in_progress") and "in_progress" in seen and seen[-1] == "completed"
     assert counts == sorted(counts) and any(0 < c < 40 for c in counts), "progress advances row by row"
     assert _stamped(batch) == {"in_progress_at", "finalizing_at", "completed_at"}
@@ -40,16 +32,8 @@ def test_progress_is_visible_through_every_status(local_service, tmp_path):
 def test_realistic_speed_shows_every_phase(local_service, tmp_path):
     svc = local_service(speed="realistic")
     batch = submit(svc.engine, tmp_path, [chat_line(i) for i in range(10)])
-    seen = [batch["status"]]
-    deadline = time.monotonic() + 20
-    while seen[-1] != "completed":
-        assert time.monotonic() < deadline
-        status = svc.engine.get_batch(batch["id"])["status"]
-        if status != seen[-1]:
-            seen.append(status)
-        time.sleep(0.02)
-    assert seen == ["validating", "in_progress", "finalizing", "completed"]
-    final = svc.engine.get_batch(batch["id"])
+    seen, _, final = watch_batch(svc.engine, batch["id"], interval=0.02)
+    assert list(dict.fromkeys([batch["status"], *seen])) == ["validating", "in_progress", "finalizing", "completed"]
     assert final["completed_at"] - final["created_at"] >= 3  # about 2 s validating, 0.5 s rows, 1 s finalizing
 
 
@@ -74,8 +58,6 @@ def test_cancel_while_validating_ends_cancelled_without_files(local_service, tmp
     batch = submit(svc.engine, tmp_path, [chat_line(0)])
     assert svc.engine.cancel_batch(batch["id"])["status"] == "cancelling"
     assert svc.engine.cancel_batch(batch["id"])["status"] == "cancelling"  # repeating it is harmless
-    from batch_pipelines.local_service.worker import Worker
-
     Worker(svc.engine.store, idle_exit=0).run()
     final = svc.engine.get_batch(batch["id"])
     assert final["status"] == "cancelled" and final["output_file_id"] is None and final["error_file_id"] is None

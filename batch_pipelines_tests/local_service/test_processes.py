@@ -7,13 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
+from functools import partial
 
 from batch_pipelines.local_service import BatchEngine, FaultPlan
-from batch_pipelines.local_service.worker import WorkerLock
-from batch_pipelines_tests.conftest import wait_for_batch
-from batch_pipelines_tests.local_service.support import chat_line, file_lines, sdk, submit, write_lines
+from batch_pipelines.local_service.worker_lock import WorkerLock
+from batch_pipelines_tests.support.clients import sdk
+from batch_pipelines_tests.support.engine import file_lines, submit
+from batch_pipelines_tests.support.request_files import chat_line, write_lines
+from batch_pipelines_tests.support.waiting import wait_for_batch, wait_until
 
 _SCRIPT = """
 import json, sys
@@ -80,10 +82,7 @@ def test_process_worker_finishes_after_the_submitter_exits(tmp_path):
         assert final["status"] == "completed" and final["request_counts"]["completed"] == 20
         # The detached worker exits once idle, freeing the lock for the next one.
         lock = WorkerLock(engine.store.lock_path)
-        deadline = time.monotonic() + 20
-        while not lock.try_acquire():
-            assert time.monotonic() < deadline, "the worker never exited"
-            time.sleep(0.05)
+        wait_until(lock.try_acquire, interval=0.05)
         lock.release()
 
 
@@ -104,19 +103,28 @@ def test_one_worker_per_data_dir(tmp_path):
             first.wait()
 
 
+def _kill_point(engine, batch_id, start):
+    """Why a worker may be killed now: "mid-batch" once it completed 20 more rows (from ``start``)
+    with rows left, "late" when none are left (a worker that started slowly catches up with the
+    batch's pace at once), None while neither."""
+    batch = engine.get_batch(batch_id)
+    if batch["status"] not in ("validating", "in_progress"):
+        return "late"
+    return "mid-batch" if batch["request_counts"]["completed"] >= start + 20 else None
+
+
 def test_a_killed_worker_is_resumed_without_writing_a_row_twice(tmp_path):
     with BatchEngine(tmp_path / "data", worker="none", faults=FaultPlan(row_delay=0.01, seed=2, row_failures={500: 0.2})) as engine:
-        batch = submit(engine, tmp_path, [chat_line(i) for i in range(200)])
+        batch = submit(engine, tmp_path, [chat_line(i) for i in range(300)])
         command = [sys.executable, "-m", "batch_pipelines.local_service.worker", str(engine.data_dir)]
+        kills = []
         for _ in range(3):  # kill it mid-batch, three times
             worker = subprocess.Popen(command)
-            deadline = time.monotonic() + 20
             start = engine.get_batch(batch["id"])["request_counts"]["completed"]
-            while engine.get_batch(batch["id"])["request_counts"]["completed"] < start + 20:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            kills.append(wait_until(partial(_kill_point, engine, batch["id"], start), interval=0.01))
             worker.send_signal(signal.SIGKILL)
             worker.wait()
+        assert "mid-batch" in kills, "no worker was killed with rows left"
         worker = subprocess.Popen(command)
         try:
             final = wait_for_batch(engine, batch["id"])
@@ -126,5 +134,5 @@ def test_a_killed_worker_is_resumed_without_writing_a_row_twice(tmp_path):
         assert final["status"] == "completed"
         output, errors = file_lines(engine, final["output_file_id"]), file_lines(engine, final["error_file_id"])
         seen = Counter(x["custom_id"] for x in output + errors)
-        assert set(seen.values()) == {1} and len(seen) == 200
-        assert final["request_counts"] == {"total": 200, "completed": len(output), "failed": len(errors)}
+        assert set(seen.values()) == {1} and len(seen) == 300
+        assert final["request_counts"] == {"total": 300, "completed": len(output), "failed": len(errors)}

@@ -1,4 +1,4 @@
-"""Responders: well-formed bodies per endpoint, schema-valid structured output, forwarding."""
+"""The default responder: well-formed bodies per endpoint, schema-valid structured output."""
 
 from __future__ import annotations
 
@@ -6,16 +6,14 @@ import json
 from enum import Enum
 from typing import Literal
 
-import openai
 import pytest
 from openai.types import Completion, CreateEmbeddingResponse, ModerationCreateResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 from pydantic import BaseModel, Field
 
-from batch_pipelines.local_service import DefaultResponder, ForwardingResponder, create_realtime_app, schema_instance
-from batch_pipelines_tests.conftest import ServerThread, wait_for_batch
-from batch_pipelines_tests.local_service.support import CHAT, chat_line, file_lines, submit
+from batch_pipelines.local_service import DefaultResponder
+from batch_pipelines_tests.support.request_files import CHAT
 
 
 class Sentiment(str, Enum):
@@ -82,65 +80,8 @@ def test_json_schema_content_validates(prompt):
     assert review.tags and review.stars >= 1
 
 
-def test_enum_choice_depends_on_the_prompt_deterministically():
-    schema = {"type": "object", "properties": {"label": {"enum": ["a", "b", "c", "d"]}}, "required": ["label"]}
-    picks = {schema_instance(schema, pick=i)["label"] for i in range(8)}
-    assert picks == {"a", "b", "c", "d"}
-    assert schema_instance(schema, pick=5) == schema_instance(schema, pick=5)
-
-
-def test_bounded_numbers_spread_over_their_range():
-    schema = {
-        "type": "object",
-        "properties": {
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            "stars": {"type": "integer", "minimum": 1, "maximum": 5},
-            "open": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        },
-        "required": ["confidence", "stars", "open"],
-    }
-    answers = [schema_instance(schema, pick=pick) for pick in range(200)]
-    assert all(0 <= a["confidence"] <= 1 and 1 <= a["stars"] <= 5 and 0 < a["open"] < 1 for a in answers)
-    assert len({a["confidence"] for a in answers}) > 50 and {a["stars"] for a in answers} == {1, 2, 3, 4, 5}
-
-
 def test_responses_text_format_json_schema():
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 3}}, "required": ["ok", "n"]}
     body = _respond("/v1/responses", {"model": "m", "input": "q", "text": {"format": {"type": "json_schema", "name": "x", "schema": schema}}})
     value = json.loads(body["output"][0]["content"][0]["text"])
     assert isinstance(value["ok"], bool) and value["n"] >= 3
-
-
-def test_forwarding_responder_runs_a_batch_on_a_realtime_server(local_service, tmp_path, monkeypatch):
-    upstream = ServerThread(create_realtime_app(api_key="sk-upstream"))
-    try:
-        monkeypatch.setenv("UPSTREAM_KEY", "sk-upstream")
-        forward = ForwardingResponder(f"{upstream.url}/v1", api_key_env="UPSTREAM_KEY", concurrency=3, model="my-model")
-        assert "sk-upstream" not in repr(forward) and "sk-upstream" not in json.dumps(forward.spec)
-        forward.close()
-        svc = local_service(responder=forward)
-        batch = wait_for_batch(svc.engine, submit(svc.engine, tmp_path, [chat_line(i) for i in range(12)])["id"])
-        assert batch["status"] == "completed", batch
-        output = file_lines(svc.engine, batch["output_file_id"])
-        assert len(output) == 12 and {x["response"]["body"]["model"] for x in output} == {"my-model"}
-        assert all("Classify text" in x["response"]["body"]["choices"][0]["message"]["content"] for x in output)
-        assert "sk-upstream" not in (svc.data_dir / "state.sqlite3").read_bytes().decode("latin-1")
-
-        # A wrong key upstream: every row fails with the upstream's 401, in the error file.
-        monkeypatch.setenv("UPSTREAM_KEY", "sk-wrong")
-        svc2 = local_service(responder=ForwardingResponder(f"{upstream.url}/v1", api_key_env="UPSTREAM_KEY"))
-        failed = wait_for_batch(svc2.engine, submit(svc2.engine, tmp_path, [chat_line(0)])["id"])
-        [error] = file_lines(svc2.engine, failed["error_file_id"])
-        assert failed["output_file_id"] is None and error["response"]["status_code"] == 401
-        client = openai.OpenAI(api_key="sk-upstream", base_url=f"{upstream.url}/v1", max_retries=0)
-        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
-        assert reply.choices[0].message.content.endswith("hello")
-    finally:
-        upstream.stop()
-
-
-def test_forwarding_to_nowhere_fails_rows_not_the_batch(local_service, tmp_path):
-    svc = local_service(responder=ForwardingResponder("http://127.0.0.1:9/v1", timeout=2))
-    batch = wait_for_batch(svc.engine, submit(svc.engine, tmp_path, [chat_line(0), chat_line(1)])["id"])
-    assert batch["status"] == "completed" and batch["request_counts"]["failed"] == 2
-    assert {e["response"]["status_code"] for e in file_lines(svc.engine, batch["error_file_id"])} == {502}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 
 import openai
 import pytest
 from openai.types import Batch, FileDeleted, FileObject
 
-from batch_pipelines_tests.conftest import wait_for_batch
-from batch_pipelines_tests.local_service.support import CHAT, chat_line, sdk, write_lines
+from batch_pipelines_tests.support.clients import sdk
+from batch_pipelines_tests.support.request_files import CHAT, chat_line, write_lines
+from batch_pipelines_tests.support.waiting import wait_for_batch, wait_until
+
 
 TEXTS = [
     "Hamlet is one of Shakespeare's most famous tragedies",
@@ -53,14 +54,12 @@ def test_guide_workflow(local_service, tmp_path, profile):
     assert isinstance(batch, Batch) and batch.status == "validating"
     assert batch.created_at and batch.expires_at == batch.created_at + 24 * 3600
 
-    deadline = time.monotonic() + 30
-    while True:
-        batch = client.batches.retrieve(batch.id)
-        if batch.status == "completed":
-            break
-        assert batch.status not in ("failed", "expired", "cancelled"), batch
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    def completed() -> Batch | None:
+        current = client.batches.retrieve(batch.id)
+        assert current.status not in ("failed", "expired", "cancelled"), current
+        return current if current.status == "completed" else None
+
+    batch = wait_until(completed, interval=0.05)
 
     assert batch.request_counts.total == 5 and batch.request_counts.completed == 5 and batch.request_counts.failed == 0
     assert batch.in_progress_at and batch.finalizing_at and batch.completed_at

@@ -9,7 +9,8 @@ import openai
 import pytest
 
 from batch_pipelines.profiles import custom_profile
-from batch_pipelines_tests.local_service.support import CHAT, chat_line, sdk, write_lines
+from batch_pipelines_tests.support.clients import sdk
+from batch_pipelines_tests.support.request_files import CHAT, chat_line, write_lines
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 

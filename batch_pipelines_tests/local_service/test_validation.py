@@ -9,8 +9,10 @@ import pytest
 
 from batch_pipelines.local_service import ServiceError
 from batch_pipelines.profiles import custom_profile
-from batch_pipelines_tests.conftest import wait_for_batch
-from batch_pipelines_tests.local_service.support import CHAT, chat_line, sdk, submit, write_lines
+from batch_pipelines_tests.support.clients import sdk
+from batch_pipelines_tests.support.engine import submit
+from batch_pipelines_tests.support.request_files import CHAT, chat_line, write_lines
+from batch_pipelines_tests.support.waiting import wait_for_batch
 
 
 def _upload(svc, tmp_path, lines, name="requests.jsonl"):

@@ -18,7 +18,8 @@ from batch_pipelines.providers import (
     default_local_dir,
     make_provider,
 )
-from batch_pipelines_tests.providers.support import CHAT, custom_ids, wait_terminal, write_requests
+from batch_pipelines_tests.support.request_files import CHAT, custom_ids, write_requests
+from batch_pipelines_tests.support.waiting import wait_terminal
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,7 @@ def _in_other_process(code: str) -> str:
 def test_a_batch_from_upload_to_results_in_process(tmp_path):
     with make_provider("local", data_dir=tmp_path / "local", pose_as="moonshot") as provider:
         assert isinstance(provider, LocalProvider)
-        assert provider.profile.name == "moonshot" and provider.delete_files_after_download
+        assert provider.profile.name == "moonshot" and provider.profile.delete_files_after_download
         faults = FaultPlan(row_failures={400: 0.3}, seed=1).to_json()
         batch = provider.submit(
             write_requests(tmp_path / "r.jsonl", 10, model="kimi-k2.5"),
@@ -96,7 +97,7 @@ def test_a_batch_outlives_the_process_that_created_it(tmp_path):
     # This process only observes: the creator's detached worker is the only one.
     with LocalProvider(data_dir, worker="none") as observer:
         assert not observer.retrieve_batch(batch_id).is_terminal
-        done = wait_terminal(observer, batch_id, timeout=60)
+        done = wait_terminal(observer, batch_id)
         assert done.status is BatchStatus.COMPLETED and done.request_counts.completed == 5
 
 

@@ -29,16 +29,9 @@ from batch_pipelines.providers import (
     RetryPolicy,
     make_provider,
 )
-from batch_pipelines_tests.providers.support import (
-    CHAT,
-    FAST_RETRY,
-    MODELS,
-    capture_logs,
-    custom_ids,
-    requests_sent,
-    wait_terminal,
-    write_requests,
-)
+from batch_pipelines_tests.support.clients import FAST_RETRY, capture_logs, requests_sent
+from batch_pipelines_tests.support.request_files import CHAT, MODELS, custom_ids, write_requests
+from batch_pipelines_tests.support.waiting import wait_terminal
 
 
 def _client(svc, **options) -> OpenAICompatibleProvider:
@@ -51,7 +44,7 @@ def _client(svc, **options) -> OpenAICompatibleProvider:
 def test_every_call_from_upload_to_deletion(local_service, tmp_path, profile):
     svc = local_service(profile=profile)
     provider = _client(svc)
-    assert provider.delete_files_after_download is (profile == "moonshot")
+    assert provider.profile.delete_files_after_download is (profile == "moonshot")
     requests = write_requests(tmp_path / "requests.jsonl", 20, model=MODELS[profile])
 
     uploaded = provider.upload_file(requests)

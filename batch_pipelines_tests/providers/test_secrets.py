@@ -10,13 +10,9 @@ import pytest
 
 from batch_pipelines.local_service import FaultPlan, HttpFault
 from batch_pipelines.providers import APIError, OpenAICompatibleProvider, RetryPolicy
-from batch_pipelines_tests.providers.support import (
-    CHAT,
-    FAST_RETRY,
-    capture_logs,
-    wait_terminal,
-    write_requests,
-)
+from batch_pipelines_tests.support.clients import FAST_RETRY, capture_logs
+from batch_pipelines_tests.support.request_files import CHAT, write_requests
+from batch_pipelines_tests.support.waiting import wait_terminal
 
 KEY = "sk-CANARY-7f3a9c1e5b2d8f4a6c0e9b7d"
 WRONG_KEY = "sk-CANARY-WRONG-0d9e8f7a6b5c4d3e2f1a"

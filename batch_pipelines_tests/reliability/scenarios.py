@@ -13,6 +13,7 @@ row per fault and ends with ``reliability: faults=N rows_lost=0 duplicate_submis
 
 import contextlib
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -22,9 +23,9 @@ from typing import Any
 import dagster as dg
 
 from batch_pipelines.local_service import FaultPlan, HttpFault
-from batch_pipelines_tests.dagster.child import CRASH_EXIT
-from batch_pipelines_tests.dagster.test_pipeline import run_child
+from batch_pipelines_tests.support.child_runs import CRASH_EXIT, start_child
 from batch_pipelines_tests.reliability.world import (
+    KEY,
     PARTITIONS,
     ROWS,
     Measured,
@@ -254,7 +255,10 @@ def service_restarted(world: World) -> None:
 def crash_after_accept(world: World) -> None:
     h = world.harness
     world.run([h.texts, h.pipeline.requests_asset], FIRST)
-    child = run_child("crash", world.service, world.storage, world.instance, CHILD_ROWS=str(ROWS))  # submits FIRST
+    child = start_child(
+        "crash", world.service.base_url, world.storage, FIRST, home=world.instance.root_directory, key=KEY,
+        env={"CHILD_ROWS": str(ROWS)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # submits FIRST; fmt: skip
     _, stderr = child.communicate(timeout=120)
     expect(child.returncode == CRASH_EXIT, f"the child should die right after the accept: {stderr.decode()[-300:]}")
     expect(len(world.batches()) == 1, "the provider accepted the batch")

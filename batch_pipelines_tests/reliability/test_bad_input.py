@@ -1,7 +1,7 @@
 """Bad input through the pipeline: a clear error naming rows and fields before anything is uploaded,
 or a ``rejected`` row; never a crash deep inside.
 
-Each problem is checked at unit level in ``test_requests.py``; here it goes through the Dagster
+Each problem is checked at unit level in ``batch_pipelines_tests/requests/``; here it goes through the Dagster
 assets, and the local service proves that nothing reached it.
 """
 
@@ -18,9 +18,9 @@ from pydantic import BaseModel
 from batch_pipelines import BatchProviderResource, RequestSpec, build_batch_pipeline
 from batch_pipelines.local_service import FaultPlan
 from batch_pipelines.profiles import ProviderProfile
-from batch_pipelines_tests.conftest import wait_for_batch
-from batch_pipelines_tests.dagster.harness import SPEC
-from batch_pipelines_tests.dagster.test_pipeline import service_batches
+from batch_pipelines_tests.support.driver import SPEC
+from batch_pipelines_tests.support.service import service_batches
+from batch_pipelines_tests.support.waiting import wait_for_batch
 from batch_pipelines_tests.reliability.world import batch_faults
 
 DAY = "2024-01-01"

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 
 from batch_pipelines.local_service import FaultPlan, HttpFault
-from batch_pipelines_tests.dagster.harness import KEY_ENV, Harness, build, make_resource, make_texts
-from batch_pipelines_tests.providers.support import capture_logs
+from batch_pipelines_tests.support.clients import capture_logs
+from batch_pipelines_tests.support.driver import KEY_ENV, Harness, build, make_resource, make_texts
 from batch_pipelines_tests.reliability.world import batch_faults
 
 DAY, OTHER_DAY = "2024-01-01", "2024-01-02"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from batch_pipelines.local_service import FAULTS_METADATA_KEY, FaultPlan, HttpFault
-from batch_pipelines_tests.dagster.harness import Harness, make_resource
+from batch_pipelines_tests.support.driver import Harness, make_resource
 from batch_pipelines_tests.reliability.world import PARTITIONS, ROWS, Scenario, World, open_world
 
 DAY = PARTITIONS[0]

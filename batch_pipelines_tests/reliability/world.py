@@ -2,11 +2,11 @@
 
 A :class:`World` is a fresh temporary Dagster instance, the local batch service over HTTP (a thread
 of this process, or a ``batch-pipelines serve`` process that can be killed) and the classification
-pipeline of the Dagster tests (``harness.py``: 100 short texts a day, two days). It drives them
-like a deployment: runs materialize the assets and a failed run is launched again (Dagster's run
-retries); the sensor is evaluated tick after tick from its saved cursor, its observations are
-stored and each run it requests is launched unless a run with its run key exists (the daemon's
-rule). :meth:`World.measure` then counts, from what Dagster stored and what the service holds:
+pipeline of the Dagster tests, 100 short texts a day for two days, run by their driver
+(``support/driver.py``) like a deployment: runs materialize the assets and a failed run is
+launched again (Dagster's run retries); the sensor is evaluated tick after tick from its saved
+cursor, its observations are stored and each run it requests is launched unless a run with its
+run key exists (the daemon's rule). :meth:`World.measure` then counts, from what Dagster stored and what the service holds:
 
 - rows in, and rows accounted for: found exactly once in the results, with an outcome other than
   ``missing`` (sent and never answered, after every retry);
@@ -34,11 +34,12 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from batch_pipelines.local_service import FAULTS_METADATA_KEY, BatchEngine, FaultPlan, HttpFault, create_app
-from batch_pipelines.resources import PARTITION_TAG
-from batch_pipelines_tests.conftest import LocalService, ServerThread
-from batch_pipelines_tests.dagster.harness import KEY_ENV, Harness, build, make_resource, make_texts
-from batch_pipelines_tests.dagster.test_pipeline import service_batches
+from batch_pipelines.local_service import FAULTS_METADATA_KEY, BatchEngine, FaultPlan, HttpFault
+from batch_pipelines.submission import ATTEMPT_TAG, FINGERPRINT_TAG, PARTITION_TAG
+from batch_pipelines_tests.support.child_runs import start_child
+from batch_pipelines_tests.support.driver import KEY_ENV, RUN_KEY_TAG, Harness, build, make_resource, make_texts
+from batch_pipelines_tests.support.service import LocalService, service_batches, start_service
+from batch_pipelines_tests.support.waiting import wait_until
 
 __all__ = [
     "KEY",
@@ -64,8 +65,6 @@ PARTITIONS = ("2024-01-01", "2024-01-02")
 RUN_RETRIES = 3
 #: Resource settings of every scenario over the harness's (which polls without delay).
 RESOURCE: dict[str, Any] = {"resubmit_delay_seconds": 0.5}
-FINGERPRINT_TAG, ATTEMPT_TAG = "bp_fingerprint", "bp_attempt"
-_RUN_KEY_TAG = "dagster/run_key"
 _REPO = Path(__file__).resolve().parents[2]
 _DROPPED = "ASGI callable returned without completing response."
 
@@ -128,8 +127,6 @@ class World:
     service: LocalService
     harness: Harness
     partitions: tuple[str, ...] = PARTITIONS
-    #: Runs that failed and were launched again.
-    failed_runs: int = 0
 
     @property
     def pipeline(self) -> Any:
@@ -139,66 +136,42 @@ class World:
     def storage(self) -> Path:
         return Path(self.harness.resource.storage_dir or "")
 
-    # ---- runs and ticks ------------------------------------------------------------------------
+    @property
+    def failed_runs(self) -> int:
+        """Runs that failed and were launched again."""
+        return self.harness.failed_runs
+
+    # ---- runs and ticks: the driver's ----------------------------------------------------------
     def run(self, selection: Sequence[Any], partition: str | None, *, tags: Mapping[str, str] | None = None) -> dg.ExecuteInProcessResult:
-        """One run, launched again while it fails (at most RUN_RETRIES times)."""
-        for _ in range(RUN_RETRIES + 1):
-            result = self.harness.materialize(selection, partition, raise_on_error=False, tags=dict(tags or {}))
-            if result.success:
-                return result
-            self.failed_runs += 1
-        raise AssertionError(f"a run of {partition} failed {RUN_RETRIES + 1} times: {_failure(result)}")
+        return self.harness.run(selection, partition, tags=tags)
 
     def submit(self, partitions: Sequence[str] | None = None) -> None:
-        """texts -> requests -> batch, one run per partition."""
-        h = self.harness
-        for partition in partitions or self.partitions:
-            self.run([h.texts, h.pipeline.requests_asset, h.pipeline.batch_asset], partition)
+        self.harness.submit(partitions or self.partitions)
 
     def evaluate(self) -> Any:
-        """One sensor evaluation from the saved cursor, nothing stored (a tick the daemon dies in)."""
-        h = self.harness
-        with dg.build_sensor_context(
-            instance=self.instance, cursor=h.cursor, definitions=h.defs, resources={"batch_provider": h.resource}
-        ) as context:
-            return h.pipeline.sensor.evaluate_tick(context)
+        return self.harness.evaluate()
 
     def tick(self) -> Any:
-        """A daemon tick: evaluate from the saved cursor, store it and its observations, launch its runs."""
-        tick = self.harness.tick()
-        for request in tick.run_requests:
-            self.launch(request)
-        return tick
+        return self.harness.tick(launch=True)
 
     def launch(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult | None:
-        """Launch a requested run unless a run with its run key exists."""
-        key = {_RUN_KEY_TAG: request.run_key or ""}
-        if request.run_key and self.instance.get_runs(dg.RunsFilter(tags=key), limit=1):
-            return None
-        selection = list(request.asset_selection or [self.pipeline.results_asset.key])
-        return self.run(selection, request.partition_key, tags={**request.tags, **key})
+        return self.harness.launch(request)
 
-    def drive(self, *, timeout: float = 60.0) -> None:
-        """Tick until every partition's results are materialized."""
-        deadline = time.monotonic() + timeout
-        while missing := set(self.partitions) - self.harness.materialized_results():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no results after {timeout}s for {sorted(missing)}")
-            if not self.tick().run_requests:
-                time.sleep(0.05)  # the sensor's pace (its minimum interval)
+    def drive(self) -> None:
+        self.harness.drive(self.partitions)
 
     def restart_daemon(self, cursor: str | None) -> None:
         """A new daemon process: the code loaded again, the sensor evaluated from ``cursor``."""
         h = self.harness
-        self.harness = Harness(self.instance, build(source=h.texts, **self.scenario.pipeline), h.texts, h.resource, cursor=cursor)
+        pipeline = build(source=h.texts, **self.scenario.pipeline)
+        self.harness = Harness(self.instance, pipeline, h.texts, h.resource, cursor=cursor, run_retries=RUN_RETRIES, failed_runs=h.failed_runs)
 
     def race_submits(self, partition: str, storages: Sequence[Path]) -> list[int]:
         """Runs submitting ``partition`` at the same moment, one process each (with its storage dir); their exit codes."""
-        env = {**os.environ, "DAGSTER_HOME": self.instance.root_directory, KEY_ENV: KEY}
-        command = [sys.executable, "-m", "batch_pipelines_tests.reliability.child", self.service.base_url]
         racers = [
-            subprocess.Popen([*command, str(storage), partition], cwd=_REPO, env=env, text=True,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            start_child("race", self.service.base_url, storage, partition, home=self.instance.root_directory, key=KEY,
+                        env={"CHILD_ROWS": str(ROWS)}, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL)
             for storage in storages
         ]  # fmt: skip
         try:
@@ -218,7 +191,7 @@ class World:
                     racer.stdout.close()
 
     def launched_run_keys(self) -> Counter[str]:
-        return Counter(r.tags[_RUN_KEY_TAG] for r in self.instance.get_runs() if r.tags.get(_RUN_KEY_TAG))
+        return Counter(r.tags[RUN_KEY_TAG] for r in self.instance.get_runs() if r.tags.get(RUN_KEY_TAG))
 
     # ---- what the service and Dagster hold ---------------------------------------------------------
     def batches(self) -> list[dict[str, Any]]:
@@ -227,16 +200,14 @@ class World:
     def first_batches(self) -> list[dict[str, Any]]:
         return [b for b in self.batches() if b["metadata"][ATTEMPT_TAG] == "1"]
 
-    def wait_batches(self, condition: Callable[[list[dict[str, Any]]], bool], *, what: str, timeout: float = 30.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
+    def wait_batches(self, condition: Callable[[list[dict[str, Any]]], bool], *, what: str) -> list[dict[str, Any]]:
+        """The service's batches once ``condition`` holds for them (``what`` names it for a reader)."""
+
+        def met() -> tuple[list[dict[str, Any]]] | None:
             batches = self.batches()
-            if condition(batches):
-                return batches
-            if time.monotonic() > deadline:
-                statuses = [(b["id"], b["status"], b["request_counts"]) for b in batches]
-                raise AssertionError(f"{what} not reached after {timeout}s: {statuses}")
-            time.sleep(0.02)
+            return (batches,) if condition(batches) else None
+
+        return wait_until(met)[0]
 
     def metadata(self, asset: dg.AssetsDefinition, partition: str) -> dict[str, Any]:
         return self.harness.latest_metadata(asset, partition)
@@ -287,15 +258,12 @@ def open_world(scenario: Scenario) -> Iterator[World]:
         if scenario.subprocess:
             service: LocalService = stack.enter_context(ServedProcess(root / "service", scenario.service))
         else:
-            engine = BatchEngine(root / "service", **scenario.service)
-            stack.callback(engine.close)
-            app = create_app(engine, api_key=KEY)
-            server = ServerThread(app)
-            stack.callback(server.stop)
-            service = LocalService(f"{server.url}/v1", KEY, engine, engine.data_dir, app)
+            service = start_service(root / "service", api_key=KEY, **scenario.service)
+            stack.callback(service.stop)
         texts = make_texts(ROWS)
         resource = make_resource(service.base_url, root / "storage", **{**RESOURCE, **scenario.resource})
-        yield World(scenario, root, instance, service, Harness(instance, build(source=texts, **scenario.pipeline), texts, resource))
+        harness = Harness(instance, build(source=texts, **scenario.pipeline), texts, resource, run_retries=RUN_RETRIES)
+        yield World(scenario, root, instance, service, harness)
 
 
 def run_scenario(scenario: Scenario) -> Measured:
@@ -320,7 +288,7 @@ class ServedProcess(LocalService):
             port = sock.getsockname()[1]
         # This process reads the service's state on disk, as any process on the data dir may.
         engine = BatchEngine(data_dir, worker="none")
-        super().__init__(f"http://127.0.0.1:{port}/v1", KEY, engine, engine.data_dir, None)
+        super().__init__(f"http://127.0.0.1:{port}/v1", KEY, engine, engine.data_dir, app=None, server=None)  # type: ignore[arg-type]
         self.port = port
         self.options = dict(options)
         self.process: subprocess.Popen[str] | None = None
@@ -416,7 +384,3 @@ def _quiet_drops() -> Iterator[None]:
         yield
     finally:
         log.removeFilter(keep)
-
-
-def _failure(result: dg.ExecuteInProcessResult) -> str:
-    return "; ".join(str(e.message) for e in result.all_events if e.is_failure)[:500] or "unknown failure"

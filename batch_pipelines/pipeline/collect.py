@@ -1,0 +1,233 @@
+"""``<name>_results``: join a round's batches back to the source rows, or send what failed again.
+
+Downloads every batch's files, joins each attempt to the rows it sent (one outcome per row) and,
+while retryable rows remain and attempts are left, submits them again as a follow-up batch
+(recorded as an observation; the sensor tracks it) instead of materializing. A shard the provider
+refused because its token queue was full (``token_limit_exceeded``) is submitted again the same
+way, after a delay, without spending an attempt of its rows. The final materialization is the
+whole table, every row once, with counts, tokens, cost and checks.
+"""
+
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from batch_pipelines import results as _results
+from batch_pipelines.pipeline.checks import evaluate_checks
+from batch_pipelines.pipeline.ledger import Round, control_metadata, load_round
+from batch_pipelines.pipeline.metadata import results_preview
+from batch_pipelines.pipeline.resource import BatchProviderResource
+from batch_pipelines.pipeline.runtime import PipelineRuntime
+from batch_pipelines.providers import Batch, BatchProvider, ResultFiles, poll_batches
+from batch_pipelines.submission import PartitionFolder, SubmittedBatch, partition_lock
+
+__all__ = ["collect_results"]
+
+#: Seconds a results run may spend retrieving its round's batches.
+_RETRIEVE_SECONDS = 300
+
+
+def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, source: pd.DataFrame) -> Iterator[Any]:
+    """Join the round's batches; submit a retry and stop (blocking mode: wait) or output the table."""
+    if rt.results_key not in context.selected_asset_keys:
+        raise dg.Failure(f"the checks of {rt.name}_results are evaluated when it is materialized: materialize it")
+    resource = rt.resource(context)
+    partition = context.partition_key if context.has_partition_key else None
+    folder = rt.folder(resource, context.instance, partition)
+    current = load_round(context.instance, rt.batch_key, rt.results_key, partition)
+    if current is None:
+        raise dg.Failure(f"no batches recorded for this partition: materialize {rt.name}_batch first")
+    first = rt.manifest(folder, 1)
+    if first.rows != len(source):
+        raise dg.Failure(
+            f"the source has {len(source)} rows but the request files were built from {first.rows}: "
+            f"the source changed since; materialize {rt.name}_requests and {rt.name}_batch again"
+        )
+    ids = _results.manifest_custom_ids(first, source.index)
+    blocking = rt.options.blocking
+    with resource.get_provider() as provider, rt.watching(context, provider, partition) as watched:
+        while True:
+            watched[:] = [b.batch_id for b in current.batches]
+            batches = _terminal_batches(rt, context, resource, provider, current)
+            refused = _refused(current, batches, resource.max_resubmits)
+            if refused and not current.cancelled:
+                current = _resubmit(rt, context, resource, provider, folder, partition, current, refused)
+                if not blocking:
+                    return  # the sensor tracks the new batches and launches this asset again
+                continue
+            joined = [
+                _join_attempt(context, resource, provider, rt, source, ids, folder, current, batches, attempt)
+                for attempt in range(1, current.attempt + 1)
+            ]
+            frames = [frame for frame, _ in joined]
+            frame = frames[0] if len(frames) == 1 else _results.merge_attempts(frames)
+            anomalies = _results.ResultAnomalies.combined([found for _, found in joined])
+            summary = _results.summarize(frame, profile=resource.profile, prices=resource.prices(), anomalies=anomalies)
+            plan = _results.plan_retry(frame, retry_invalid_output=rt.options.retry_invalid_output, max_attempts=rt.options.max_attempts)
+            if plan.empty or current.cancelled:
+                break
+            submitter = rt.submitter(context, resource, provider, partition)
+            with partition_lock(folder.lock_path):
+                retry = _results.build_retry_requests(
+                    plan, source, ids, rt.spec, folder.attempt(plan.attempt), profile=resource.profile, policy=rt.options.policy
+                )
+                records = [s.record for s in submitter.submit(retry, asset=rt.results_key.to_user_string())]
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=rt.results_key,
+                    partition=partition,
+                    metadata={
+                        **control_metadata("retry", current.storage_id, records),
+                        "attempt": plan.attempt,
+                        "retried_rows": len(plan.custom_ids),
+                        "retry_reasons": dg.MetadataValue.json(plan.retry_reasons),
+                        **summary.to_metadata(),
+                    },
+                )
+            )
+            context.log.info(f"sending {len(plan.custom_ids)} rows again as attempt {plan.attempt}: {plan.retry_reasons}")
+            current = current.plus(records)
+            if not blocking:
+                return  # the sensor tracks the retry and launches this asset again when it is done
+
+    metadata: dict[str, Any] = {
+        **summary.to_metadata(),
+        "attempts": current.attempt,
+        "batch_ids": dg.MetadataValue.json([b.batch_id for b in current.batches]),
+        "not_retried": dg.MetadataValue.json(plan.kept_reasons),
+        "preview": dg.MetadataValue.md(results_preview(frame)),
+        "dagster/row_count": len(frame),
+    }
+    yield dg.Output(frame, metadata=metadata)
+    yield from evaluate_checks(
+        frame,
+        results_key=rt.results_key,
+        source_rows=len(source),
+        summary=summary,
+        threshold=rt.options.failure_rate_threshold,
+        structured=rt.spec.output_model is not None,
+    )
+
+
+def _join_attempt(
+    context: dg.AssetExecutionContext,
+    resource: BatchProviderResource,
+    provider: BatchProvider,
+    rt: PipelineRuntime,
+    source: pd.DataFrame,
+    ids: pd.Series,
+    folder: PartitionFolder,
+    current: Round,
+    batches: Mapping[str, Batch],
+    attempt: int,
+) -> tuple[pd.DataFrame, _results.ResultAnomalies]:
+    """The rows sent in ``attempt``, joined to that attempt's result files, and the lines that did not join."""
+    manifest = rt.manifest(folder, attempt)
+    # A shard submitted again after a full queue: its latest batch is the one that ran.
+    by_shard = {b.shard: batches[b.batch_id] for b in current.batches if b.attempt == attempt}
+    files = [_download(context, resource, provider, batch, folder) for batch in by_shard.values()]
+    sent = manifest.read_ids()
+    if attempt == 1:  # built from the whole source: every row was sent or rejected
+        rows = pd.Series(True, index=ids.index)
+    else:
+        rows = ids.isin(set(sent["custom_id"]) | {r.custom_id for r in manifest.rejected})
+    joined = _results.join_results(
+        source[rows],
+        ids[rows],
+        files,
+        endpoint=manifest.endpoint,
+        output_model=rt.spec.output_model,
+        rejected=manifest.rejected,
+        attempt=attempt,
+    )
+    if not joined.anomalies.clean:
+        found = joined.anomalies
+        context.log.warning(
+            f"attempt {attempt}: result lines not joined to a row: {found.corrupt_lines} corrupt, "
+            f"{found.duplicate_lines} duplicates (e.g. {found.duplicate_examples[:3]}), "
+            f"{found.unknown_lines} with an unknown custom_id (e.g. {found.unknown_examples[:3]})"
+        )
+    return _results.apply_batch_fates(joined.frame, sent, by_shard), joined.anomalies
+
+
+def _download(
+    context: dg.AssetExecutionContext, resource: BatchProviderResource, provider: BatchProvider, batch: Batch, folder: PartitionFolder
+) -> ResultFiles:
+    """A terminal batch's files (from the partition's downloads when already there); deleted at the provider if configured."""
+    files = provider.download_results(batch, folder.downloads)
+    if resource.delete_files:
+        deleted = provider.delete_batch_files(batch)
+        context.log.debug(f"deleted files {deleted} of batch {batch.id} at the provider")
+    return files
+
+
+def _resubmit(
+    rt: PipelineRuntime,
+    context: dg.AssetExecutionContext,
+    resource: BatchProviderResource,
+    provider: BatchProvider,
+    folder: PartitionFolder,
+    partition: str | None,
+    current: Round,
+    refused: Mapping[tuple[int, int], int],
+) -> Round:
+    """Submit again the shards whose batch the provider refused for a full queue; the round with them.
+
+    ``refused`` maps (attempt, shard) to how many times it was refused. Their rows keep their
+    attempt number: nothing of them ran. Blocking mode waits the delay here; otherwise the
+    sensor held this run back by as much. Recorded as a retry observation the sensor follows.
+    """
+    if rt.options.blocking:
+        time.sleep(resource.resubmit_delay(max(refused.values())))
+    submitter = rt.submitter(context, resource, provider, partition)
+    records: list[SubmittedBatch] = []
+    with partition_lock(folder.lock_path):
+        for attempt in sorted({a for a, _ in refused}):
+            shards = {shard: count for (a, shard), count in refused.items() if a == attempt}
+            submitted = submitter.submit(rt.manifest(folder, attempt), asset=rt.results_key.to_user_string(), resubmit=shards)
+            records += [s.record for s in submitted]
+    context.log.warning(
+        f"the provider's queue was full (token_limit_exceeded) for {len(records)} shards: submitted them again "
+        f"as {[r.batch_id for r in records]}"
+    )
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=rt.results_key,
+            partition=partition,
+            metadata={**control_metadata("retry", current.storage_id, records), "resubmitted": len(records)},
+        )
+    )
+    return current.plus(records)
+
+
+def _terminal_batches(
+    rt: PipelineRuntime, context: dg.AssetExecutionContext, resource: BatchProviderResource, provider: BatchProvider, current: Round
+) -> dict[str, Batch]:
+    """Every batch of the round, once all are terminal (waiting for them in blocking mode)."""
+    ids = [b.batch_id for b in current.batches]
+    if rt.options.blocking:
+        return {b.id: b for b in rt.wait(context, resource, provider, ids)}
+    polled = poll_batches(provider, ids, max_workers=resource.max_concurrent_polls, deadline=time.monotonic() + _RETRIEVE_SECONDS)
+    problems = {i: a for i, a in polled.items() if isinstance(a, Exception)}
+    if problems or len(polled) != len(ids):
+        unanswered = sorted(set(ids) - set(polled))
+        raise dg.Failure(f"could not retrieve batches {unanswered + sorted(problems)}: {list(problems.values())[:3]}")
+    running = [b for b in polled.values() if isinstance(b, Batch) and not b.is_terminal]
+    if running:
+        listed = ", ".join(f"{b.id} ({b.status})" for b in running)
+        raise dg.Failure(f"batches still running: {listed}; the sensor launches this asset when they are done")
+    return {i: b for i, b in polled.items() if isinstance(b, Batch)}
+
+
+def _refused(current: Round, batches: Mapping[str, Batch], max_resubmits: int) -> dict[tuple[int, int], int]:
+    """(attempt, shard) -> refusals so far, for shards whose latest batch was refused for a full queue and may go again."""
+    latest: dict[tuple[int, int], SubmittedBatch] = {}
+    tries: Counter[tuple[int, int]] = Counter()
+    for record in current.batches:
+        latest[record.attempt, record.shard] = record
+        tries[record.attempt, record.shard] += 1
+    return {key: tries[key] for key, record in latest.items() if batches[record.batch_id].resubmit_later and tries[key] <= max_resubmits}

@@ -1,0 +1,143 @@
+"""The ledger: what the pipeline records in Dagster's event log, and how it is read back.
+
+``<name>_batch`` records the batches it submitted in its materialization metadata
+(:data:`BATCHES_KEY`); ``<name>_results`` records the follow-up batches it submits for retried
+rows, and cancellations, as observations on itself (:data:`CONTROL_KEY`). The event log is the
+plugin's only state besides the provider: a run on any machine reads the same ledger.
+
+A *round* is everything that happened to one partition since its latest ``<name>_batch``
+materialization: the first attempt's batches and each retry's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import dagster as dg
+
+from batch_pipelines.providers import CLOCK_SKEW_SECONDS
+from batch_pipelines.submission import SubmittedBatch
+
+__all__ = [
+    "BATCHES_KEY",
+    "CONTROL_KEY",
+    "PIPELINE_RUN_TAG",
+    "ATTEMPT_RUN_TAG",
+    "ROUND_KEY",
+    "Round",
+    "batches_metadata",
+    "control_metadata",
+    "first_built",
+    "load_round",
+    "metadata_int",
+    "metadata_text",
+    "read_batches",
+]
+
+#: Metadata key of the machine-readable list of batches a materialization or observation submitted.
+BATCHES_KEY = "batch_pipelines/batches"
+#: Metadata key saying what a control observation on ``<name>_results`` records: "retry" or "cancel".
+CONTROL_KEY = "batch_pipelines/control"
+#: Metadata key of the round (storage id of the ``<name>_batch`` materialization) a control record belongs to.
+ROUND_KEY = "batch_pipelines/round"
+#: Run tags of the results runs the sensor launches.
+PIPELINE_RUN_TAG = "batch_pipelines/pipeline"
+ATTEMPT_RUN_TAG = "batch_pipelines/attempt"
+
+#: Event records read per query; more wait for the next query or tick.
+PAGE = 1000
+
+
+def batches_metadata(batches: Iterable[SubmittedBatch]) -> dg.MetadataValue:
+    return dg.MetadataValue.json([b.model_dump() for b in batches])
+
+
+def read_batches(metadata: Mapping[str, Any]) -> list[SubmittedBatch]:
+    """The batches recorded under :data:`BATCHES_KEY` in an event's metadata (none if absent)."""
+    value = metadata.get(BATCHES_KEY)
+    data = getattr(value, "value", value) or []
+    return [SubmittedBatch.model_validate(item) for item in data]
+
+
+def control_metadata(kind: Literal["retry", "cancel"], round_id: int, batches: Sequence[SubmittedBatch] = ()) -> dict[str, Any]:
+    """Metadata of a control observation on ``<name>_results``."""
+    return {CONTROL_KEY: kind, ROUND_KEY: dg.MetadataValue.int(round_id), BATCHES_KEY: batches_metadata(batches)}
+
+
+def metadata_int(value: Any) -> int | None:
+    value = getattr(value, "value", value)
+    return int(value) if value is not None else None
+
+
+def metadata_text(value: Any) -> str | None:
+    value = getattr(value, "value", value)
+    return str(value) if value is not None else None
+
+
+@dataclass(frozen=True)
+class Round:
+    """A partition's batches since its latest ``<name>_batch`` materialization."""
+
+    partition: str | None
+    #: Storage id of the ``<name>_batch`` materialization that opened the round.
+    storage_id: int
+    batches: tuple[SubmittedBatch, ...]
+    #: A cancellation was recorded in this round: cancelled rows are not retried.
+    cancelled: bool
+
+    @property
+    def attempt(self) -> int:
+        return max((b.attempt for b in self.batches), default=1)
+
+    def plus(self, batches: Iterable[SubmittedBatch]) -> Round:
+        """This round with more batches (a retry, a resubmission)."""
+        return Round(self.partition, self.storage_id, self.batches + tuple(batches), self.cancelled)
+
+
+def load_round(
+    instance: dg.DagsterInstance, batch_key: dg.AssetKey, results_key: dg.AssetKey, partition: str | None
+) -> Round | None:
+    """The current round of ``partition`` from the event log (two queries), None if never submitted."""
+    partitions = [partition] if partition is not None else None
+    latest = instance.fetch_materializations(dg.AssetRecordsFilter(batch_key, asset_partitions=partitions), limit=1).records
+    if not latest:
+        return None
+    opened = latest[0]
+    batches = read_batches(opened.asset_materialization.metadata)  # type: ignore[union-attr]
+    cancelled = False
+    after = opened.storage_id
+    while True:
+        page = instance.fetch_observations(
+            dg.AssetRecordsFilter(results_key, asset_partitions=partitions, after_storage_id=after), limit=PAGE, ascending=True
+        ).records
+        for record in page:
+            metadata = record.asset_observation.metadata  # type: ignore[union-attr]
+            if metadata_int(metadata.get(ROUND_KEY)) != opened.storage_id:
+                continue
+            kind = metadata_text(metadata.get(CONTROL_KEY))
+            if kind == "retry":
+                batches += read_batches(metadata)
+            elif kind == "cancel":
+                cancelled = True
+        if len(page) < PAGE:
+            break
+        after = page[-1].storage_id
+    return Round(partition, opened.storage_id, tuple(batches), cancelled)
+
+
+def first_built(instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey], partition: str | None) -> float | None:
+    """When the partition's batches may have started: its first materialization of any of ``keys``.
+
+    No batch of the partition can be older than its first request files. The provider's clock may
+    run behind Dagster's, hence the margin. None (list everything) when the event log holds none,
+    e.g. after the assets were wiped.
+    """
+    started = []
+    for key in keys:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(key, asset_partitions=[partition] if partition is not None else None), limit=1, ascending=True
+        ).records
+        started += [r.timestamp for r in records]
+    return min(started) - CLOCK_SKEW_SECONDS if started else None

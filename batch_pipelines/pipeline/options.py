@@ -1,0 +1,89 @@
+"""Every setting of a pipeline, with its default: the one record the factory, the runtime and the
+component read.
+
+``build_batch_pipeline(name, source=..., spec=..., max_attempts=3)`` takes these as keyword
+arguments, ``BatchPipelineComponent`` as YAML attributes of the same names; neither repeats a
+default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import dagster as dg
+
+from batch_pipelines.submission.tags import MAX_USER_TAGS
+
+__all__ = ["DEFAULT_OPTIONS", "DEFAULT_RESOURCE_KEY", "BatchTags", "PipelineOptions"]
+
+#: Extra batch tags: fixed, or computed from (partition key, attempt).
+BatchTags = Mapping[str, str] | Callable[[str | None, int], Mapping[str, str]]
+
+#: The resource key of the BatchProviderResource every pipeline reads by default.
+DEFAULT_RESOURCE_KEY = "batch_provider"
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How a pipeline submits, retries, checks and polls; every field has its default here."""
+
+    #: ``"fail"`` rejects the partition if any row is invalid; ``"quarantine"`` sends the valid
+    #: rows and reports the others as ``rejected``.
+    policy: Literal["fail", "quarantine"] = "fail"
+    #: How many times a row may be sent (1: never retried).
+    max_attempts: int = 2
+    #: Also send again rows whose structured output did not validate.
+    retry_invalid_output: bool = False
+    #: The failure-rate check fails above this share of rows.
+    failure_rate_threshold: float = 0.05
+    #: Poll inside the run (small jobs, tests): materialize the three assets together; no sensor is built.
+    blocking: bool = False
+    #: In blocking mode, cancel the batches when the run is terminated.
+    cancel_on_termination: bool = True
+    #: Key of the :class:`BatchProviderResource`.
+    resource_key: str = DEFAULT_RESOURCE_KEY
+    #: IO manager storing the results DataFrame.
+    io_manager_key: str = "io_manager"
+    group_name: str | None = None
+    key_prefix: str | Sequence[str] | None = None
+    #: Extra batch metadata (a team tag), or a function of (partition, attempt) returning it; at
+    #: most 8 pairs (the provider keeps 16, the pipeline uses up to 8).
+    batch_tags: BatchTags | None = None
+    #: Split request files further than the provider's limits require.
+    max_requests_per_shard: int | None = None
+    #: Seconds between two sensor ticks.
+    sensor_minimum_interval_seconds: int = 30
+    #: Seconds one tick may spend polling (keep it under the deployment's sensor timeout, 60 s by default).
+    sensor_tick_budget_seconds: float = 30.0
+    #: Whether the sensor runs as soon as the code location loads.
+    sensor_default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("fail", "quarantine"):
+            raise ValueError(f"policy must be 'fail' or 'quarantine', not {self.policy!r}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if not 0 <= self.failure_rate_threshold <= 1:
+            raise ValueError(f"failure_rate_threshold must be within [0, 1], got {self.failure_rate_threshold}")
+        if isinstance(self.batch_tags, Mapping) and len(self.batch_tags) > MAX_USER_TAGS:
+            raise ValueError(f"batch_tags has {len(self.batch_tags)} pairs; at most {MAX_USER_TAGS} are left for yours")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @property
+    def key_path(self) -> list[str]:
+        """``key_prefix`` as a list of key components."""
+        prefix = self.key_prefix
+        return [prefix] if isinstance(prefix, str) else list(prefix or [])
+
+    def user_tags(self, partition: str | None, attempt: int) -> Mapping[str, str]:
+        """The user's extra batch tags for one attempt of one partition."""
+        tags = self.batch_tags
+        return tags(partition, attempt) if callable(tags) else (tags or {})
+
+
+DEFAULT_OPTIONS = PipelineOptions()

@@ -1,0 +1,190 @@
+"""The Dagster resource that hands out a Batch API client.
+
+``BatchProviderResource`` is configured once per code location and shared by every pipeline the
+factory builds (``resource_key="batch_provider"`` by default, see ``PipelineOptions``)::
+
+    defs = dg.Definitions(
+        ...,
+        resources={
+            "batch_provider": BatchProviderResource(
+                provider="moonshot",
+                api_key=dg.EnvVar("MOONSHOT_API_KEY"),
+                input_price_per_million=0.60,
+                output_price_per_million=2.50,
+            )
+        },
+    )
+
+With no configuration it is the embedded ``local`` provider, keeping its data under
+``$DAGSTER_HOME/batch_pipelines/local``: the demo runs without a key. The API key is never part of
+the resource's repr, Dagster metadata or logs; when it is unset the profile's environment variable
+(``MOONSHOT_API_KEY``, ``OPENAI_API_KEY``...) is read when a provider is made, at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import httpx
+from pydantic import Field
+
+from batch_pipelines.profiles import ProviderProfile, custom_profile, get_profile
+from batch_pipelines.providers import LOCAL, Batch, BatchProvider, make_provider
+from batch_pipelines.results import Prices
+from batch_pipelines.submission import cancel_partition_batches
+
+__all__ = ["BatchProviderResource"]
+
+
+class BatchProviderResource(dg.ConfigurableResource):
+    """A provider's Batch API, as configured for this code location.
+
+    ``get_provider()`` returns a :class:`~batch_pipelines.providers.BatchProvider`; use it as a
+    context manager so its connections are released.
+    """
+
+    provider: str = Field(
+        default=LOCAL,
+        description=(
+            "'local' (embedded, no key), 'moonshot', 'openai', 'fastapi_ai', 'groq', or 'custom' "
+            "(any OpenAI-compatible service at base_url)."
+        ),
+    )
+    base_url: str | None = Field(
+        default=None, description="Overrides the profile's base URL (a gateway, a proxy); required for 'custom'."
+    )
+    api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description=(
+            "The API key, e.g. dg.EnvVar('MOONSHOT_API_KEY'). Unset: the profile's environment variable "
+            "is read at run time. Never logged nor recorded."
+        ),
+    )
+    completion_window: str | None = Field(
+        default=None, description="Completion window of every batch ('24h', '3d'...); unset: the profile's default."
+    )
+    local_data_dir: str | None = Field(
+        default=None, description="Where the local provider keeps files and batches; unset: $DAGSTER_HOME/batch_pipelines/local."
+    )
+    local_profile: str = Field(
+        default="openai", description="The provider whose limits and validation the local provider applies."
+    )
+    local_speed: Literal["instant", "realistic"] = Field(
+        default="instant", description="'instant' for tests, 'realistic' to watch a batch progress in the UI."
+    )
+    storage_dir: str | None = Field(
+        default=None,
+        description=(
+            "Where request files, manifests and downloaded results are kept; unset: "
+            "<instance storage>/batch_pipelines. Must be shared by every run worker of the deployment."
+        ),
+    )
+    poll_interval_seconds: float = Field(
+        default=30.0, ge=0, description="Shortest wait between two polls of one batch (providers advise 30-60 s)."
+    )
+    max_poll_interval_seconds: float = Field(
+        default=300.0, ge=0, description="Longest wait between two polls of a long-running batch."
+    )
+    request_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "Seconds to wait for one answer of the provider's HTTP API before retrying it (connecting: at most 10 s). "
+            "A create whose answer does not come in time is looked up at the provider, never sent twice."
+        ),
+    )
+    max_concurrent_polls: int = Field(
+        default=32, ge=1, description="Batches polled at the same time (a retrieve is a light GET; lower it for strict rate limits)."
+    )
+    resubmit_delay_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description=(
+            "Wait before submitting again a shard the provider refused because its queue of enqueued tokens was "
+            "full (a batch failed with token_limit_exceeded); doubles with each further refusal of the shard, up to 16-fold."
+        ),
+    )
+    max_resubmits: int = Field(
+        default=8,
+        ge=0,
+        description="Refusals for a full queue a shard gets submitted again after; then its rows are reported failed.",
+    )
+    delete_files_after_download: bool | None = Field(
+        default=None,
+        description="Delete a batch's input, output and error files from the provider once its results are on disk; unset: the profile's default.",
+    )
+    input_price_per_million: float | None = Field(
+        default=None, description="Real-time price per million input tokens (the batch discount is applied to it)."
+    )
+    output_price_per_million: float | None = Field(
+        default=None, description="Real-time price per million output tokens (the batch discount is applied to it)."
+    )
+
+    @property
+    def profile(self) -> ProviderProfile:
+        """The rules batches are checked against: the provider's, or those the local provider applies."""
+        if self.provider == LOCAL:
+            return get_profile(self.local_profile)
+        if self.provider == "custom":
+            if not self.base_url:
+                raise ValueError("BatchProviderResource(provider='custom') needs base_url")
+            return custom_profile(self.base_url)
+        return get_profile(self.provider)
+
+    def get_provider(self) -> BatchProvider:
+        """A new client for the configured provider (close it, or use it in a ``with`` block)."""
+        if self.provider == LOCAL:
+            return make_provider(LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, speed=self.local_speed)
+        timeout = httpx.Timeout(self.request_timeout_seconds, connect=min(10.0, self.request_timeout_seconds))
+        return make_provider(self.profile, api_key=self.api_key, base_url=self.base_url, timeout=timeout)
+
+    @property
+    def delete_files(self) -> bool:
+        """Whether provider files are deleted once results are downloaded."""
+        if self.delete_files_after_download is not None:
+            return self.delete_files_after_download
+        return self.profile.delete_files_after_download
+
+    def prices(self) -> Prices | None:
+        """The configured prices, or None (no cost in the metadata) when neither is set."""
+        if self.input_price_per_million is None and self.output_price_per_million is None:
+            return None
+        return Prices(input_per_million=self.input_price_per_million or 0.0, output_per_million=self.output_price_per_million or 0.0)
+
+    @property
+    def window(self) -> str:
+        return self.completion_window or self.profile.default_window
+
+    def storage_root(self, instance: dg.DagsterInstance) -> Path:
+        """The directory request files and downloaded results live under."""
+        if self.storage_dir:
+            return Path(self.storage_dir)
+        return Path(instance.storage_directory()) / "batch_pipelines"
+
+    def poll_delay(self, age_seconds: float, errors: int = 0) -> float:
+        """Seconds to wait before polling a batch again.
+
+        Grows with the batch's age (a batch that ran an hour will not finish in the next second),
+        bounded by the two poll settings, and doubles with each consecutive polling error.
+        """
+        delay = min(max(self.poll_interval_seconds, age_seconds / 10), self.max_poll_interval_seconds)
+        if errors:
+            delay = min(max(delay, 1.0) * 2 ** min(errors, 16), self.max_poll_interval_seconds)
+        return delay
+
+    def resubmit_delay(self, refusals: int) -> float:
+        """Seconds to wait before submitting again a shard refused ``refusals`` times for a full queue."""
+        return self.resubmit_delay_seconds * 2 ** min(max(refusals - 1, 0), 4)
+
+    def cancel_partitions(self, pipeline: str, partitions: Sequence[str | None]) -> list[Batch]:
+        """Cancel every live batch a pipeline submitted for ``partitions``; returns those cancelled.
+
+        Batches are found at the provider by their tags, so this also reaches batches whose
+        submission Dagster never recorded. Terminal batches are left alone.
+        """
+        with self.get_provider() as provider:
+            return cancel_partition_batches(provider, pipeline, partitions)

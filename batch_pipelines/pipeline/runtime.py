@@ -1,0 +1,171 @@
+"""What a pipeline's assets do at run time; the asset functions of the factory only delegate here.
+
+One :class:`PipelineRuntime` per pipeline holds its name, request spec, options and asset keys.
+It turns a Dagster context into the Dagster-free parts below it: request files
+(:mod:`batch_pipelines.requests`), the partition's folder and lock and the submit-once engine
+(:mod:`batch_pipelines.submission`), and records what happened in the ledger. The results step is
+:mod:`batch_pipelines.pipeline.collect`.
+"""
+
+# No ``from __future__ import annotations``: Dagster reads annotations of the functions it wraps.
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from batch_pipelines.pipeline.blocking import cancel_if_stopped, wait_for_batches
+from batch_pipelines.pipeline.ledger import BATCHES_KEY, batches_metadata, control_metadata, first_built, load_round
+from batch_pipelines.pipeline.metadata import first_requests, rejected_preview
+from batch_pipelines.pipeline.options import PipelineOptions
+from batch_pipelines.pipeline.resource import BatchProviderResource
+from batch_pipelines.providers import Batch, BatchProvider
+from batch_pipelines.requests import MANIFEST_NAME, RequestManifest, RequestSpec, RequestValidationError, build_request_files
+from batch_pipelines.submission import PartitionFolder, Submitter, partition_lock, partition_of_tag, partition_tag
+
+__all__ = ["PipelineRuntime"]
+
+Context = dg.AssetExecutionContext | dg.OpExecutionContext
+
+
+@dataclass(frozen=True)
+class PipelineRuntime:
+    """The run-time behaviour of one pipeline's assets and cancel job."""
+
+    name: str
+    spec: RequestSpec
+    options: PipelineOptions
+    requests_key: dg.AssetKey
+    batch_key: dg.AssetKey
+    results_key: dg.AssetKey
+
+    # ---- what every step needs ---------------------------------------------------------------
+    def resource(self, context: Context) -> BatchProviderResource:
+        return getattr(context.resources, self.options.resource_key)
+
+    def folder(self, resource: BatchProviderResource, instance: dg.DagsterInstance, partition: str | None) -> PartitionFolder:
+        return PartitionFolder.of(resource.storage_root(instance), self.name, partition)
+
+    def manifest(self, folder: PartitionFolder, attempt: int) -> RequestManifest:
+        return RequestManifest.read(folder.attempt(attempt) / MANIFEST_NAME)
+
+    def since(self, instance: dg.DagsterInstance, partition: str | None) -> float | None:
+        """How far back the partition's batches can reach at the provider."""
+        return first_built(instance, [self.requests_key, self.batch_key], partition)
+
+    def submitter(
+        self, context: dg.AssetExecutionContext, resource: BatchProviderResource, provider: BatchProvider, partition: str | None
+    ) -> Submitter:
+        return Submitter(
+            provider=provider,
+            pipeline=self.name,
+            partition=partition,
+            provider_name=resource.provider,
+            completion_window=resource.window,
+            run_id=context.run.run_id,
+            since=self.since(context.instance, partition),
+            user_tags=lambda attempt: self.options.user_tags(partition, attempt),
+            log=context.log,
+        )
+
+    @contextmanager
+    def watching(self, context: dg.AssetExecutionContext, provider: BatchProvider, partition: str | None) -> Iterator[list[str]]:
+        """Blocking mode: the batches added to the yielded list are cancelled if the run is terminated."""
+        enabled = self.options.blocking and self.options.cancel_on_termination
+        since = self.since(context.instance, partition) if enabled else None
+        with cancel_if_stopped(context, provider, enabled=enabled, pipeline=self.name, partition=partition, since=since) as watched:
+            yield watched
+
+    def wait(self, context: dg.AssetExecutionContext, resource: BatchProviderResource, provider: BatchProvider, ids: Sequence[str]) -> list[Batch]:
+        return wait_for_batches(context.log, provider, ids, max_workers=resource.max_concurrent_polls, delay=resource.poll_delay)
+
+    # ---- <name>_requests ------------------------------------------------------------------------
+    def build_requests(self, context: dg.AssetExecutionContext, source: pd.DataFrame) -> dg.MaterializeResult:
+        resource = self.resource(context)
+        partition = context.partition_key if context.has_partition_key else None
+        folder = self.folder(resource, context.instance, partition)
+        out_dir = folder.attempt(1)
+        try:
+            # Under the partition's lock: a submit reading these files never sees them half rewritten.
+            with partition_lock(folder.lock_path):
+                manifest = build_request_files(
+                    source,
+                    self.spec,
+                    out_dir,
+                    profile=resource.profile,
+                    policy=self.options.policy,
+                    attempt=1,
+                    max_requests_per_shard=self.options.max_requests_per_shard,
+                )
+        except RequestValidationError as exc:
+            raise dg.Failure(
+                description=str(exc),
+                metadata={"problems": dg.MetadataValue.json(exc.counts), "rows": exc.total_rows},
+                allow_retries=False,
+            ) from None
+        fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
+        metadata: dict[str, Any] = {
+            "rows": manifest.rows,
+            "requests": manifest.requests,
+            "rejected_rows": len(manifest.rejected),
+            "shards": len(manifest.shards),
+            "bytes": sum(s.bytes for s in manifest.shards),
+            "fingerprints": dg.MetadataValue.json(fingerprints),
+            "manifest": dg.MetadataValue.path(str(out_dir / MANIFEST_NAME)),
+            "preview": dg.MetadataValue.json(first_requests(manifest, 3)),
+            "dagster/row_count": manifest.requests,
+        }
+        if manifest.rejected:
+            metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
+        return dg.MaterializeResult(metadata=metadata)
+
+    # ---- <name>_batch ---------------------------------------------------------------------------
+    def submit_batches(self, context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        resource = self.resource(context)
+        partition = context.partition_key if context.has_partition_key else None
+        folder = self.folder(resource, context.instance, partition)
+        manifest_path = folder.attempt(1) / MANIFEST_NAME
+        with resource.get_provider() as provider, self.watching(context, provider, partition) as watched:
+            with partition_lock(folder.lock_path):  # the request files cannot change while they are read and sent
+                if not manifest_path.exists():
+                    raise dg.Failure(f"no request files at {manifest_path}: materialize {self.name}_requests for this partition first")
+                manifest = RequestManifest.read(manifest_path)
+                submitted = self.submitter(context, resource, provider, partition).submit(manifest, asset=self.batch_key.to_user_string())
+            batches = [s.batch for s in submitted]
+            watched.extend(b.id for b in batches)
+            if self.options.blocking:
+                batches = self.wait(context, resource, provider, [b.id for b in batches])
+            links = {b.id: url for b in batches if (url := provider.console_url(b.id))}
+        records = [s.record for s in submitted]
+        metadata: dict[str, Any] = {
+            BATCHES_KEY: batches_metadata(records),
+            "batch_ids": dg.MetadataValue.json([r.batch_id for r in records]),
+            "reattached": sum(1 for s in submitted if s.reattached),
+            "submitted": sum(1 for s in submitted if not s.reattached),
+            "statuses": dg.MetadataValue.json({b.id: str(b.status) for b in batches}),
+            "requests": manifest.requests,
+            "provider": resource.provider,
+            "completion_window": resource.window,
+        }
+        if links:
+            metadata["console"] = dg.MetadataValue.md("\n".join(f"- [{i}]({url})" for i, url in links.items()))
+        return dg.MaterializeResult(metadata=metadata)
+
+    # ---- <name>_cancel --------------------------------------------------------------------------
+    def cancel(self, context: dg.OpExecutionContext, partitions: Sequence[str]) -> None:
+        resource = self.resource(context)
+        for tag in list(partitions) or [partition_tag(None)]:
+            partition = partition_of_tag(tag)
+            cancelled = resource.cancel_partitions(self.name, [partition])
+            context.log.info(f"{self.name} {tag}: cancelled {len(cancelled)} batches {[b.id for b in cancelled]}")
+            current = load_round(context.instance, self.batch_key, self.results_key, partition)
+            if current is not None:
+                context.log_event(
+                    dg.AssetObservation(
+                        asset_key=self.results_key,
+                        partition=partition,
+                        metadata={**control_metadata("cancel", current.storage_id), "cancelled": len(cancelled)},
+                    )
+                )

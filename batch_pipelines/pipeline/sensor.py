@@ -1,0 +1,253 @@
+"""The polling sensor: every in-flight batch of a pipeline, polled until it is terminal.
+
+Batches take hours, so no run waits for them. The sensor reads the rounds the ledger records
+(:mod:`batch_pipelines.pipeline.ledger`) from the storage ids kept in its cursor, so a tick costs
+two bounded event-log queries however many partitions are in flight. It tracks the batches of each
+round's latest attempt, polls the due ones concurrently within a time budget (least recently
+polled first, the rest carried to the next tick), records progress as observations on
+``<name>_batch``, and requests one ``<name>_results`` run when every batch of the attempt is
+terminal. A batch whose poll fails stays in flight with a growing delay; it never stops the
+others. A batch the provider refused because its token queue was full holds its partition's
+results run back by the resource's ``resubmit_delay``: that run submits the shard again, and the
+queue has had time to drain.
+"""
+
+import hashlib
+import time
+from collections.abc import Sequence
+
+import dagster as dg
+from pydantic import BaseModel, Field, ValidationError
+
+from batch_pipelines.pipeline.ledger import (
+    ATTEMPT_RUN_TAG,
+    CONTROL_KEY,
+    PAGE,
+    PIPELINE_RUN_TAG,
+    ROUND_KEY,
+    metadata_int,
+    metadata_text,
+    read_batches,
+)
+from batch_pipelines.pipeline.options import DEFAULT_OPTIONS
+from batch_pipelines.pipeline.resource import BatchProviderResource
+from batch_pipelines.providers import TERMINAL_STATUSES, Batch, poll_batches
+from batch_pipelines.submission import RESUBMIT_TAG, SubmittedBatch, partition_tag
+
+__all__ = ["build_batch_sensor"]
+
+_TERMINAL = frozenset(str(s) for s in TERMINAL_STATUSES)
+
+
+
+
+class _Tracked(BaseModel):
+    """A batch in flight, as the cursor remembers it."""
+
+    id: str
+    status: str = "validating"
+    completed: int = 0
+    failed: int = 0
+    total: int = 0
+    #: time.time() when first seen (for the growing poll delay), last polled, next due.
+    seen_at: float
+    polled_at: float = 0.0
+    due_at: float = 0.0
+    #: Consecutive polls that raised.
+    errors: int = 0
+    #: time.time() before which the results run waits (a refusal for a full queue is resubmitted then).
+    hold_until: float = 0.0
+
+
+class _Group(BaseModel):
+    """The batches of one attempt of one partition's round."""
+
+    partition: str | None
+    round: int
+    attempt: int
+    batches: list[_Tracked]
+
+    @property
+    def done(self) -> bool:
+        return all(b.status in _TERMINAL for b in self.batches)
+
+
+class _Cursor(BaseModel):
+    #: Storage ids of the last ``<name>_batch`` materialization and ``<name>_results`` observation read.
+    after_batch: int | None = None
+    after_control: int | None = None
+    groups: list[_Group] = Field(default_factory=list)
+
+    @classmethod
+    def load(cls, raw: str | None) -> "_Cursor":
+        if not raw:
+            return cls()
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ValueError(f"unreadable batch sensor cursor (reset it from the UI to start over): {exc}") from None
+
+
+def build_batch_sensor(
+    *,
+    name: str,
+    batch_key: dg.AssetKey,
+    results_key: dg.AssetKey,
+    resource_key: str = DEFAULT_OPTIONS.resource_key,
+    minimum_interval_seconds: int = DEFAULT_OPTIONS.sensor_minimum_interval_seconds,
+    tick_budget_seconds: float = DEFAULT_OPTIONS.sensor_tick_budget_seconds,
+    default_status: dg.DefaultSensorStatus = DEFAULT_OPTIONS.sensor_default_status,
+) -> dg.SensorDefinition:
+    """The sensor ``<name>_sensor``: polls every in-flight batch of the pipeline ``name``.
+
+    ``tick_budget_seconds`` bounds the time spent polling in one tick (keep it under the sensor
+    timeout of your deployment, 60 s by default); batches not polled in time go first next tick.
+    """
+
+    @dg.sensor(
+        name=f"{name}_sensor",
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        # A named job, so the results runs read "<name>_results_job" in the UI, not an anonymous one.
+        job=dg.define_asset_job(f"{name}_results_job", selection=[results_key]),
+        required_resource_keys={resource_key},
+        description=f"Polls the batches of {name} and launches {results_key.to_user_string()} when a partition's batches are done.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        resource = getattr(context.resources, resource_key)
+        started = time.monotonic()
+        cursor = _Cursor.load(context.cursor)
+        _read_new_rounds(context.instance, cursor, batch_key, results_key)
+
+        now = time.time()
+        tracked = {b.id: b for g in cursor.groups for b in g.batches if b.status not in _TERMINAL}
+        due = sorted((b for b in tracked.values() if b.due_at <= now), key=lambda b: b.polled_at)
+        changed: set[str] = set()
+        if due:
+            with resource.get_provider() as provider:
+                polled = poll_batches(
+                    provider,
+                    [b.id for b in due],
+                    max_workers=resource.max_concurrent_polls,
+                    deadline=started + tick_budget_seconds,
+                )
+            now = time.time()
+            for batch_id, answer in polled.items():
+                entry = tracked[batch_id]
+                entry.polled_at = now
+                if isinstance(answer, Exception):
+                    entry.errors += 1
+                    context.log.warning(f"polling batch {batch_id} failed ({entry.errors} in a row): {answer}")
+                else:
+                    entry.errors = 0
+                    if _update(entry, answer):
+                        changed.add(batch_id)
+                    _hold_if_refused(context, resource, entry, answer, now)
+                entry.due_at = now + resource.poll_delay(now - entry.seen_at, entry.errors)
+            carried = len(due) - len(polled)
+            if carried:
+                context.log.info(f"{carried} of {len(due)} due batches not polled within {tick_budget_seconds}s; polled first next tick")
+
+        events: list[dg.AssetObservation] = []
+        runs: list[dg.RunRequest] = []
+        remaining: list[_Group] = []
+        for group in cursor.groups:
+            if any(b.id in changed for b in group.batches):
+                events.append(_progress(batch_key, group))
+            if group.done and max(b.hold_until for b in group.batches) <= now:
+                runs.append(_results_run(name, results_key, group))
+            else:
+                remaining.append(group)
+        cursor.groups = remaining
+        return dg.SensorResult(run_requests=runs, asset_events=events, cursor=cursor.model_dump_json(exclude_defaults=True))
+
+    return _sensor
+
+
+def _read_new_rounds(instance: dg.DagsterInstance, cursor: _Cursor, batch_key: dg.AssetKey, results_key: dg.AssetKey) -> None:
+    """Add the batches recorded since the cursor's storage ids (one page of each stream per tick)."""
+    now = time.time()
+    submitted = instance.fetch_materializations(
+        dg.AssetRecordsFilter(batch_key, after_storage_id=cursor.after_batch), limit=PAGE, ascending=True
+    ).records
+    for record in submitted:
+        # A new materialization opens a new round: the partition's older groups are superseded.
+        partition = record.partition_key
+        cursor.groups = [g for g in cursor.groups if g.partition != partition]
+        batches = read_batches(record.asset_materialization.metadata)  # type: ignore[union-attr]
+        cursor.groups.append(_group(partition, record.storage_id, 1, batches, now))
+        cursor.after_batch = record.storage_id
+
+    controls = instance.fetch_observations(
+        dg.AssetRecordsFilter(results_key, after_storage_id=cursor.after_control), limit=PAGE, ascending=True
+    ).records
+    for record in controls:
+        cursor.after_control = record.storage_id
+        metadata = record.asset_observation.metadata  # type: ignore[union-attr]
+        round_id = metadata_int(metadata.get(ROUND_KEY))
+        if metadata_text(metadata.get(CONTROL_KEY)) != "retry" or round_id is None:
+            continue
+        partition = record.partition_key
+        if any(g.partition == partition and g.round > round_id for g in cursor.groups):
+            continue  # a newer round of this partition started since
+        batches = read_batches(metadata)
+        attempt = max((b.attempt for b in batches), default=1)
+        cursor.groups = [g for g in cursor.groups if not (g.partition == partition and g.round == round_id and g.attempt >= attempt)]
+        cursor.groups.append(_group(partition, round_id, attempt, batches, now))
+
+
+def _group(partition: str | None, round_id: int, attempt: int, batches: Sequence[SubmittedBatch], now: float) -> _Group:
+    return _Group(
+        partition=partition,
+        round=round_id,
+        attempt=attempt,
+        batches=[_Tracked(id=b.batch_id, seen_at=now) for b in batches],
+    )
+
+
+def _update(entry: _Tracked, batch: Batch) -> bool:
+    """Copy a polled batch's state into the cursor entry; whether anything changed."""
+    before = (entry.status, entry.completed, entry.failed, entry.total)
+    counts = batch.request_counts
+    entry.status, entry.completed, entry.failed, entry.total = str(batch.status), counts.completed, counts.failed, counts.total
+    return before != (entry.status, entry.completed, entry.failed, entry.total)
+
+
+def _hold_if_refused(
+    context: dg.SensorEvaluationContext, resource: BatchProviderResource, entry: _Tracked, batch: Batch, now: float
+) -> None:
+    """A batch refused for a full queue, to be submitted again: wait a while before the results run does."""
+    refusals = int(batch.metadata.get(RESUBMIT_TAG, "0")) + 1
+    if batch.resubmit_later and refusals <= resource.max_resubmits:
+        delay = resource.resubmit_delay(refusals)
+        entry.hold_until = now + delay
+        context.log.warning(f"batch {batch.id} refused: the provider's queue is full; its shard goes again in {delay:.0f}s")
+
+
+def _progress(batch_key: dg.AssetKey, group: _Group) -> dg.AssetObservation:
+    """Progress of one partition's attempt: numbers Dagster plots over time on the asset page."""
+    batches = group.batches
+    open_statuses = [b.status for b in batches if b.status not in _TERMINAL]
+    return dg.AssetObservation(
+        asset_key=batch_key,
+        partition=group.partition,
+        metadata={
+            "status": open_statuses[0] if open_statuses else "done",
+            "attempt": dg.MetadataValue.int(group.attempt),
+            "completed": dg.MetadataValue.int(sum(b.completed for b in batches)),
+            "failed": dg.MetadataValue.int(sum(b.failed for b in batches)),
+            "total": dg.MetadataValue.int(sum(b.total for b in batches)),
+            "batches": dg.MetadataValue.int(len(batches)),
+            "batches_terminal": dg.MetadataValue.int(len(batches) - len(open_statuses)),
+        },
+    )
+
+
+def _results_run(name: str, results_key: dg.AssetKey, group: _Group) -> dg.RunRequest:
+    ids = hashlib.sha256(",".join(sorted(b.id for b in group.batches)).encode()).hexdigest()[:12]
+    return dg.RunRequest(
+        run_key=f"{name}:{partition_tag(group.partition)}:round{group.round}:attempt{group.attempt}:{ids}",
+        partition_key=group.partition,
+        asset_selection=[results_key],
+        tags={PIPELINE_RUN_TAG: name, ATTEMPT_RUN_TAG: str(group.attempt)},
+    )

@@ -1,0 +1,79 @@
+"""The manifest: what one build wrote (shards, rejected rows, the custom_id map), on disk as JSON."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from batch_pipelines.requests.problems import RejectedRow
+from batch_pipelines.requests.shards import Shard
+
+MANIFEST_NAME = "manifest.json"
+IDS_NAME = "ids.parquet"
+
+
+class RequestManifest(BaseModel):
+    """What build_request_files wrote: shards, rejected rows and the custom_id map.
+
+    Every one of the ``rows`` source rows is either in a shard (``requests`` in all) or in
+    ``rejected``. The custom_id map (custom_id, key, row, shard of each request) is a Parquet file
+    beside the manifest (``ids_path``, read with :meth:`read_ids`) to stay small for millions of rows.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    provider: str
+    endpoint: str
+    model: str
+    attempt: int
+    rows: int
+    requests: int
+    shards: list[Shard]
+    rejected: list[RejectedRow] = Field(default_factory=list)
+    ids_path: Path | None = None
+    #: sha256 of media content -> the reference it was uploaded as; pass back to reuse on retries.
+    media_refs: dict[str, str] = Field(default_factory=dict)
+
+    def read_ids(self) -> pd.DataFrame:
+        """The custom_id map: columns custom_id, key, row (position in the source) and shard (index)."""
+        if self.ids_path is None:
+            return pd.DataFrame({"custom_id": pd.Series(dtype="str"), "key": pd.Series(dtype=object),
+                                 "row": pd.Series(dtype="int64"), "shard": pd.Series(dtype="int32")})
+        return pq.read_table(self.ids_path).to_pandas()
+
+    def write(self, path: Path) -> Path:
+        """Write as JSON, atomically, with file paths relative to ``path``'s folder."""
+        path = Path(path)
+        base = path.parent.resolve()
+        data = self.model_dump(mode="json")
+        for shard in data["shards"]:
+            shard["path"] = _relative(shard["path"], base)
+        if data["ids_path"]:
+            data["ids_path"] = _relative(data["ids_path"], base)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> RequestManifest:
+        path = Path(path)
+        data = orjson.loads(path.read_bytes())
+        base = path.parent.resolve()
+        for shard in data["shards"]:
+            shard["path"] = str(base / shard["path"])
+        if data.get("ids_path"):
+            data["ids_path"] = str(base / data["ids_path"])
+        return cls.model_validate(data)
+
+
+def _relative(path: str, base: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(base).as_posix()
+    except ValueError:  # outside the manifest's folder: keep it absolute
+        return path

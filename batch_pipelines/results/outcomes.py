@@ -1,0 +1,54 @@
+"""The outcome vocabulary: what became of a row, as a name and as the int8 code the arrays hold, and
+which outcome wins when a row has more than one.
+
+Two questions rank outcomes, and they rank them differently:
+
+- two lines for one custom_id in one attempt (a provider that wrote a line twice): a success beats
+  an unusable answer, which beats a failure; the join keeps the best one;
+- one row's results across attempts: a success beats anything; then any result (a failure too)
+  beats nothing (missing), since a later attempt that never came back says nothing new.
+
+Both orders live in :data:`_RANKS`, side by side, so they cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "ATTEMPT_RANK",
+    "CANCELLED",
+    "EXPIRED",
+    "FAILED",
+    "INVALID",
+    "LINE_RANK",
+    "MISSING",
+    "OUTCOMES",
+    "REJECTED",
+    "SUCCEEDED",
+    "Outcome",
+]
+
+Outcome = Literal["succeeded", "failed", "invalid_output", "expired", "cancelled", "rejected", "missing"]
+OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "invalid_output", "expired", "cancelled", "rejected", "missing")
+SUCCEEDED, FAILED, INVALID, EXPIRED, CANCELLED, REJECTED, MISSING = range(len(OUTCOMES))
+
+#: outcome -> (rank among the lines for one custom_id, rank among one row's attempts); lower wins.
+#: No line is rejected or missing (those outcomes are the join's, for rows without a line), so
+#: their line rank only has to lose.
+_RANKS: dict[Outcome, tuple[int, int]] = {
+    "succeeded": (0, 0),
+    "invalid_output": (1, 1),
+    "failed": (2, 1),
+    "expired": (2, 1),
+    "cancelled": (2, 1),
+    "rejected": (3, 1),
+    "missing": (3, 2),
+}
+
+#: Indexed by outcome code: ties go to the line read first.
+LINE_RANK = np.array([_RANKS[o][0] for o in OUTCOMES], dtype=np.int8)
+#: Indexed by outcome code: ties go to the latest attempt.
+ATTEMPT_RANK = np.array([_RANKS[o][1] for o in OUTCOMES], dtype=np.int8)

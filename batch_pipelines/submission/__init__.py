@@ -1,0 +1,52 @@
+"""Submission: each shard of a partition's request files becomes exactly one batch, never two.
+
+Dagster-free: the Dagster face hands in a provider, a logger, the run id and how far back the
+partition's batches can reach, and gets back which batch runs each shard.
+
+- :mod:`.tags` the batch metadata every submission carries, and the one partition marker;
+- :mod:`.layout` where a partition's request files, attempts and downloads live;
+- :mod:`.lock` one submitter at a time per partition;
+- :mod:`.submitter` submit once, re-attach, keep the first of racing submitters;
+- :mod:`.cancel` cancel the live batches of partitions, found by their tags.
+"""
+
+from batch_pipelines.submission.cancel import cancel_partition_batches, cancel_run_batches
+from batch_pipelines.submission.layout import PartitionFolder, partition_dir
+from batch_pipelines.submission.lock import partition_lock
+from batch_pipelines.submission.submitter import Submission, Submitter
+from batch_pipelines.submission.tags import (
+    ASSET_TAG,
+    ATTEMPT_TAG,
+    FINGERPRINT_TAG,
+    PARTITION_TAG,
+    PIPELINE_TAG,
+    RESUBMIT_TAG,
+    RUN_TAG,
+    SHARD_TAG,
+    UNPARTITIONED,
+    partition_of_tag,
+    partition_tag,
+)
+from batch_pipelines.submission.types import SubmittedBatch
+
+__all__ = [
+    "ASSET_TAG",
+    "ATTEMPT_TAG",
+    "FINGERPRINT_TAG",
+    "PARTITION_TAG",
+    "PIPELINE_TAG",
+    "PartitionFolder",
+    "RESUBMIT_TAG",
+    "RUN_TAG",
+    "SHARD_TAG",
+    "Submission",
+    "SubmittedBatch",
+    "Submitter",
+    "UNPARTITIONED",
+    "cancel_partition_batches",
+    "cancel_run_batches",
+    "partition_dir",
+    "partition_lock",
+    "partition_of_tag",
+    "partition_tag",
+]

@@ -1,0 +1,88 @@
+"""The sensor alone: event-log reading, time budget, failure isolation, cursor."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from batch_pipelines import make_provider
+from batch_pipelines.local_service import FaultPlan, HttpFault
+from batch_pipelines.pipeline.ledger import BATCHES_KEY, batches_metadata
+from batch_pipelines.submission import SubmittedBatch
+from batch_pipelines_tests.support.driver import DAYS
+from batch_pipelines_tests.support.service import LocalService
+from batch_pipelines_tests.support.waiting import wait_for_batch
+
+_UNKNOWN = "batch_" + "0" * 24
+
+
+def create_batches(service: LocalService, count: int, tmp_path: Path) -> list[str]:
+    path = tmp_path / "one.jsonl"
+    line = {"custom_id": "r0", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "messages": []}}
+    path.write_text(json.dumps(line) + "\n")
+    with make_provider("openai", api_key=service.api_key, base_url=service.base_url) as provider:
+        uploaded = provider.upload_file(path)
+        ids = [provider.create_batch(uploaded.id, endpoint="/v1/chat/completions").id for _ in range(count)]
+    for batch_id in ids:
+        wait_for_batch(service.engine, batch_id)
+    return ids
+
+
+def record(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, batch_ids: list[str]) -> None:
+    """What ``<name>_batch`` records: its batches, in its materialization's metadata."""
+    records = [SubmittedBatch(batch_id=b, shard=i, fingerprint=f"fp{i}", attempt=1) for i, b in enumerate(batch_ids)]
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=key, partition=partition, metadata={BATCHES_KEY: batches_metadata(records)})
+    )
+
+
+def polled(cursor: str) -> dict[str, float]:
+    return {b["id"]: b.get("polled_at", 0.0) for g in json.loads(cursor)["groups"] for b in g["batches"]}
+
+
+def test_budget_carries_batches_over_and_a_failing_batch_does_not_stop_the_others(harness, service, tmp_path):
+    h = harness(rows=1, sensor_tick_budget_seconds=2.0, resource={"max_concurrent_polls": 2})
+    days = DAYS.get_partition_keys()[:6]
+    ids = create_batches(service, 6, tmp_path)
+    for day, batch_id in zip(days[:5], ids):
+        record(h.instance, h.pipeline.batch_asset.key, day, [batch_id])
+    record(h.instance, h.pipeline.batch_asset.key, days[5], [ids[5], _UNKNOWN])  # one batch the provider never heard of
+    # Every retrieve now takes 0.5 s: two at a time, a 2 s budget polls at most six of seven.
+    service.set_faults(FaultPlan(http_faults=(HttpFault(route="/v1/batches/batch_*", method="GET", status=None, times=None, delay=0.5),)))
+
+    first = h.tick()
+    after_first = polled(first.cursor)
+    done_first = {i for i, t in after_first.items() if t}
+    assert 0 < len(done_first) < 7
+    second = h.tick()
+    after_second = polled(second.cursor)
+    # The least recently polled go first: the second tick started with those the first left.
+    carried = set(after_first) - done_first
+    assert carried & {i for i, t in after_second.items() if t}
+
+    for _ in range(20):
+        if len(h.requested) >= 5:
+            break
+        h.tick()
+    assert sorted(r.partition_key for r in h.requested) == days[:5]
+    state = json.loads(h.cursor)
+    [stuck] = state["groups"]
+    assert stuck["partition"] == days[5]
+    assert {b["id"]: b.get("errors", 0) > 0 for b in stuck["batches"]} == {ids[5]: False, _UNKNOWN: True}
+
+
+def test_a_new_materialization_supersedes_the_partition_round(harness, service, tmp_path):
+    h = harness(rows=1)
+    old, new = create_batches(service, 2, tmp_path)
+    record(h.instance, h.pipeline.batch_asset.key, DAYS.get_partition_keys()[0], [_UNKNOWN])
+    h.tick()
+    record(h.instance, h.pipeline.batch_asset.key, DAYS.get_partition_keys()[0], [old, new])
+
+    tick = h.tick()
+
+    [request] = tick.run_requests
+    assert request.partition_key == DAYS.get_partition_keys()[0]
+    assert json.loads(tick.cursor).get("groups", []) == []
+    # Progress was recorded for the partition, with counts Dagster can plot.
+    [event] = tick.asset_events
+    assert event.metadata["batches_terminal"].value == 2 and event.metadata["total"].value == 2

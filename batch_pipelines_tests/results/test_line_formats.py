@@ -1,0 +1,72 @@
+"""OpenAI's and Anthropic's result lines, normalized to one vocabulary, corrupt lines included."""
+
+from __future__ import annotations
+
+
+from batch_pipelines.providers.base import ResultFiles
+from batch_pipelines.results import CorruptLine, ResultLine, iter_result_lines, join_results, plan_retry
+from batch_pipelines_tests.support.request_files import write_lines
+from batch_pipelines_tests.support.result_files import http_error, no_answer, ok, outcomes, source
+
+
+def test_iter_result_lines_normalizes_every_kind_and_keeps_reading_past_a_corrupt_line(tmp_path):
+    path = write_lines(
+        tmp_path / "mixed.jsonl",
+        [ok("a", "hi"), http_error("b", 429, "rate_limit_exceeded", "slow down"), b'{"id": "x", "custom_id": "c", "respo',
+         b"", no_answer("d", "batch_expired"), no_answer("e", "request_timeout"), b"[1, 2]", ok("f"),
+         {"custom_id": "g", "response": {"status_code": 502, "body": "Bad gateway"}, "error": None}],
+    )  # fmt: skip
+    got = list(iter_result_lines(path))
+    records = [x for x in got if isinstance(x, ResultLine)]
+    corrupt = [x for x in got if isinstance(x, CorruptLine)]
+    assert [(r.line_no, r.custom_id, r.outcome, r.status_code, r.error_code) for r in records] == [
+        (1, "a", "succeeded", 200, None),
+        (2, "b", "failed", 429, "rate_limit_exceeded"),
+        (5, "d", "expired", None, "batch_expired"),
+        (6, "e", "failed", None, "request_timeout"),
+        (8, "f", "succeeded", 200, None),
+        (9, "g", "failed", 502, None),  # an HTTP failure without an error object keeps its status
+    ]
+    assert "Bad gateway" in records[5].error_message
+    assert records[0].body["choices"][0]["message"]["content"] == "hi"
+    assert records[1].error_message == "slow down" and records[1].body is None
+    assert [(c.line_no, c.custom_id) for c in corrupt] == [(3, "c"), (7, None)]  # the blank line 4 is no record
+    assert "not valid JSON" in corrupt[0].message
+
+
+def test_anthropic_lines_give_the_same_records(tmp_path):
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Hello"}, {"type": "tool_use", "id": "t", "name": "x", "input": {}}, {"type": "text", "text": " world"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 7, "output_tokens": 3, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0},
+    }
+    lines = [
+        {"custom_id": "r0", "result": {"type": "succeeded", "message": message}},
+        {"custom_id": "r1", "result": {"type": "errored", "error": {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}}},
+        {"custom_id": "r2", "result": {"type": "errored", "error": {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}}},
+        {"custom_id": "r3", "result": {"type": "canceled"}},
+        {"custom_id": "r4", "result": {"type": "expired"}},
+        {"custom_id": "r5", "result": {"type": "exploded"}},
+    ]
+    path = write_lines(tmp_path / "anthropic.jsonl", lines)
+    records = [x for x in iter_result_lines(path, line_format="anthropic") if isinstance(x, ResultLine)]
+    assert [(r.outcome, r.status_code, r.error_code) for r in records] == [
+        ("succeeded", 200, None),
+        ("failed", 529, "overloaded_error"),
+        ("failed", 400, "invalid_request_error"),
+        ("cancelled", None, "batch_cancelled"),
+        ("expired", None, "batch_expired"),
+    ]
+
+    df, ids = source(6)
+    joined = join_results(df, ids, [ResultFiles(batch_id="msgbatch_1", output_path=path)], endpoint="/v1/messages")
+    frame = joined.frame.set_index("custom_id")
+    assert frame.loc["r0", "content"] == "Hello world" and frame.loc["r0", "finish_reason"] == "end_turn"
+    # Anthropic counts cached input apart; the frame follows OpenAI: prompt tokens include it.
+    assert (frame.loc["r0", "prompt_tokens"], frame.loc["r0", "cached_tokens"], frame.loc["r0", "total_tokens"]) == (12, 5, 15)
+    assert outcomes(joined.frame) == {"r0": "succeeded", "r1": "failed", "r2": "failed", "r3": "cancelled", "r4": "expired", "r5": "missing"}
+    assert joined.anomalies.corrupt_lines == 1 and "unknown result type" in joined.anomalies.corrupt_examples[0].message
+    assert plan_retry(joined.frame).custom_ids == ["r1", "r3", "r4", "r5"]  # 529 and the unfinished, not the 400

@@ -1,0 +1,75 @@
+"""Runs in processes of their own: runs that die or are interrupted half way, and racing submits.
+
+``python -m batch_pipelines_tests.support.child_runs MODE BASE_URL STORAGE_DIR PARTITION`` with
+``DAGSTER_HOME`` set to the test's instance and the API key in ``KEY_ENV`` (:func:`start_child`):
+
+- ``crash``: materializes ``classify_batch``; the process exits (``os._exit``, no clean-up, no
+  event written) the moment the provider has accepted the first batch, before Dagster records it.
+- ``blocking``: materializes the whole blocking pipeline and waits inside the run; the test
+  interrupts it with SIGINT (what terminating a run does to its worker).
+- ``race``: loads the pipeline, prints ``ready``, waits for a line on stdin, then materializes
+  ``classify_batch`` in one run; exit status 0 when the run succeeded. Several race to submit one
+  partition.
+"""
+
+import faulthandler
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from batch_pipelines.providers import Batch, BatchProvider, OpenAICompatibleProvider
+from batch_pipelines.pipeline import BatchProviderResource
+from batch_pipelines_tests.support.driver import KEY_ENV, Harness, build, make_resource, make_texts
+
+CRASH_EXIT = 17
+_REPO = Path(__file__).resolve().parents[2]
+
+
+class _DiesAfterSubmit(OpenAICompatibleProvider):
+    """The real HTTP client, except that the process dies right after a batch is accepted."""
+
+    def submit(self, path: Path, **options: Any) -> Batch:
+        super().submit(path, **options)
+        os._exit(CRASH_EXIT)
+
+
+class _DyingResource(BatchProviderResource):
+    def get_provider(self) -> BatchProvider:
+        return _DiesAfterSubmit(self.profile, api_key=self.api_key, base_url=self.base_url)
+
+
+def start_child(mode: str, base_url: str, storage: Path, partition: str, *, home: str, key: str, **popen: Any) -> subprocess.Popen:
+    """This module as a process running ``mode`` against the instance in ``home``."""
+    env = {**os.environ, "DAGSTER_HOME": home, KEY_ENV: key, **popen.pop("env", {})}
+    command = [sys.executable, "-m", "batch_pipelines_tests.support.child_runs", mode, base_url, str(storage), partition]
+    return subprocess.Popen(command, cwd=_REPO, env=env, **popen)
+
+
+def main(mode: str, base_url: str, storage_dir: str, partition: str) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test that waits too long asks where it is
+    instance = dg.DagsterInstance.get()
+    texts = make_texts(int(os.environ.get("CHILD_ROWS", "8")))
+    if mode == "crash":
+        harness = Harness(instance, build(source=texts), texts, make_resource(base_url, storage_dir, cls=_DyingResource))
+        harness.materialize([harness.pipeline.batch_asset], partition)
+        raise SystemExit("the provider accepted no batch: the process should have died")
+    if mode == "blocking":
+        resource = make_resource(base_url, storage_dir, poll_interval_seconds=0.05, max_poll_interval_seconds=0.05)
+        harness = Harness(instance, build(source=texts, blocking=True), texts, resource)
+        harness.materialize(harness.assets, partition, raise_on_error=False)
+        return 0
+    if mode == "race":
+        harness = Harness(instance, build(source=texts), texts, make_resource(base_url, storage_dir))
+        print("ready", flush=True)
+        sys.stdin.readline()
+        return 0 if harness.materialize([harness.pipeline.batch_asset], partition, raise_on_error=False).success else 1
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
