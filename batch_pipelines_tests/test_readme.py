@@ -12,10 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from batch_pipelines_tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE_SERVE_PORT = "8787"
@@ -33,15 +34,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until_serving(url: str, proc: subprocess.Popen, deadline: float) -> None:
-    while time.monotonic() < deadline:
+def _wait_until_serving(url: str, proc: subprocess.Popen) -> None:
+    def answers() -> bool:
         assert proc.poll() is None, f"batch-pipelines serve exited with {proc.returncode}"
         try:
             httpx.get(url, timeout=1)  # any answer (401 without a key) means it is up
-            return
         except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError(f"batch-pipelines serve did not answer at {url}")
+            return False
+        return True
+
+    wait_until(answers, interval=0.05)
 
 
 def test_readme_example_runs_against_the_local_service(tmp_path: Path) -> None:
@@ -60,7 +62,7 @@ def test_readme_example_runs_against_the_local_service(tmp_path: Path) -> None:
     ]  # fmt: skip
     proc = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_until_serving(f"http://127.0.0.1:{port}/v1/batches", proc, time.monotonic() + 30)
+        _wait_until_serving(f"http://127.0.0.1:{port}/v1/batches", proc)
         run = subprocess.run(
             [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
             env={**os.environ, "NO_PROXY": "127.0.0.1"},

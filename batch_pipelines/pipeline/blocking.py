@@ -47,13 +47,13 @@ def cancel_if_stopped(
     enabled: bool,
     pipeline: str,
     partition: str | None,
-    since: float | None,
+    since: Callable[[], float | None],
 ) -> Iterator[list[str]]:
     """Cancel this run's batches if the run is terminated while they run (when ``enabled``).
 
     Yields a list to add the ids of batches the run waits for; batches this run created are also
-    found by their run tag. A run that fails otherwise leaves its batches alone: running it again
-    re-attaches.
+    found by their run tag, created after ``since()`` (asked only when the run stops). A run that
+    fails otherwise leaves its batches alone: running it again re-attaches.
     """
     watched: list[str] = []
     if not enabled:
@@ -63,6 +63,6 @@ def cancel_if_stopped(
         yield watched
     except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
         cancel_run_batches(
-            provider, pipeline=pipeline, partition=partition, run_id=context.run.run_id, since=since, known=watched, log=context.log
+            provider, pipeline=pipeline, partition=partition, run_id=context.run.run_id, since=since(), known=watched, log=context.log
         )
         raise

@@ -14,6 +14,7 @@ from typing import Literal
 
 import dagster as dg
 
+from batch_pipelines.results import DEFAULT_MAX_ATTEMPTS
 from batch_pipelines.submission.tags import MAX_USER_TAGS
 
 __all__ = ["DEFAULT_OPTIONS", "DEFAULT_RESOURCE_KEY", "BatchTags", "PipelineOptions"]
@@ -33,7 +34,7 @@ class PipelineOptions:
     #: rows and reports the others as ``rejected``.
     policy: Literal["fail", "quarantine"] = "fail"
     #: How many times a row may be sent (1: never retried).
-    max_attempts: int = 2
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     #: Also send again rows whose structured output did not validate.
     retry_invalid_output: bool = False
     #: The failure-rate check fails above this share of rows.

@@ -74,7 +74,10 @@ class PipelineRuntime:
     def watching(self, context: dg.AssetExecutionContext, provider: BatchProvider, partition: str | None) -> Iterator[list[str]]:
         """Blocking mode: the batches added to the yielded list are cancelled if the run is terminated."""
         enabled = self.options.blocking and self.options.cancel_on_termination
-        since = self.since(context.instance, partition) if enabled else None
+
+        def since() -> float | None:  # asked only if the run stops
+            return self.since(context.instance, partition)
+
         with cancel_if_stopped(context, provider, enabled=enabled, pipeline=self.name, partition=partition, since=since) as watched:
             yield watched
 

@@ -38,11 +38,12 @@ from batch_pipelines.results.line_formats import CorruptLine, LineFormat
 from batch_pipelines.results.line_table import ResultLine, iter_result_lines
 from batch_pipelines.results.merge import merge_attempts
 from batch_pipelines.results.outcomes import OUTCOMES, Outcome
-from batch_pipelines.results.retry import RetryPlan, build_retry_requests, plan_retry
+from batch_pipelines.results.retry import DEFAULT_MAX_ATTEMPTS, RetryPlan, build_retry_requests, plan_retry
 from batch_pipelines.results.structured_output import OUTPUT_PREFIX
 from batch_pipelines.results.summary import Prices, ResultSummary, summarize
 
 __all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
     "apply_batch_fates",
     "ANTHROPIC_MESSAGES",
     "OUTCOMES",

@@ -21,7 +21,10 @@ from batch_pipelines.providers.retry_policy import retryable_status
 from batch_pipelines.requests import RequestManifest, RequestSpec, build_request_files
 from batch_pipelines.results.outcomes import CANCELLED, EXPIRED, FAILED, INVALID, MISSING, OUTCOMES, SUCCEEDED
 
-__all__ = ["RetryPlan", "build_retry_requests", "plan_retry"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "RetryPlan", "build_retry_requests", "plan_retry"]
+
+#: How many times a row may be sent, unless a pipeline says otherwise (its ``max_attempts``).
+DEFAULT_MAX_ATTEMPTS = 2
 
 #: Failures without an HTTP status worth sending again: the request never got its turn.
 _RETRY_CODES = frozenset({"request_timeout", "batch_expired", "batch_cancelled"})
@@ -46,7 +49,7 @@ class RetryPlan(BaseModel):
         return not self.custom_ids
 
 
-def plan_retry(frame: pd.DataFrame, *, retry_invalid_output: bool = False, max_attempts: int = 3) -> RetryPlan:
+def plan_retry(frame: pd.DataFrame, *, retry_invalid_output: bool = False, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> RetryPlan:
     """The rows of a joined (or merged) frame to send again.
 
     Retried: missing, expired, cancelled, HTTP failures that :func:`retryable_status` passes (408,

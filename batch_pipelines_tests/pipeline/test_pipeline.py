@@ -2,24 +2,20 @@
 
 import fcntl
 import logging
-import os
 import signal
 import subprocess
-import sys
 import threading
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import orjson
 import pytest
 
 from batch_pipelines.pipeline import FAILURE_RATE_CHECK, OUTPUT_VALID_CHECK, ROWS_CHECK
 from batch_pipelines.local_service import FAULTS_METADATA_KEY, FaultPlan
 from batch_pipelines_tests.support.child_runs import CRASH_EXIT, start_child
 from batch_pipelines_tests.support.clients import capture_logs, requests_sent
-from batch_pipelines_tests.support.driver import CATEGORIES, DAYS, KEY_ENV
+from batch_pipelines_tests.support.driver import CATEGORIES, DAYS
 from batch_pipelines_tests.support.request_files import write_requests
 from batch_pipelines_tests.support.service import LocalService, sent_per_custom_id, service_batches
 from batch_pipelines_tests.support.waiting import TERMINAL, wait_until

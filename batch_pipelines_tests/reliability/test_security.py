@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -24,6 +23,7 @@ from batch_pipelines.local_service import FaultPlan, HttpFault
 from batch_pipelines_tests.support.clients import capture_logs
 from batch_pipelines_tests.support.driver import KEY_ENV, Harness, build, make_resource, make_texts
 from batch_pipelines_tests.reliability.world import batch_faults
+from batch_pipelines_tests.support.waiting import wait_until
 
 DAY, OTHER_DAY = "2024-01-01", "2024-01-02"
 CANARY = "sk-CANARY-5e1f9a7c3b2d4e6f8a0b"
@@ -129,10 +129,7 @@ def test_the_service_binds_the_loopback_unless_told_otherwise(tmp_path):
     try:
         first = server.stdout.readline()
         port = int(re.search(r":(\d+)/v1", first).group(1))
-        deadline = time.monotonic() + 20
-        while not (addresses := _listening(port)):  # the URL is printed between bind and listen
-            assert time.monotonic() < deadline, f"nothing listens on port {port}"
-            time.sleep(0.05)
+        addresses = wait_until(lambda: _listening(port), interval=0.05)  # the URL is printed between bind and listen
         assert addresses == ["127.0.0.1"], first
     finally:
         server.terminate()
