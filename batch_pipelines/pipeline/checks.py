@@ -74,6 +74,8 @@ def evaluate_checks(
                 "result_rows": len(frame),
                 "duplicated_rows": duplicated,
                 "missing_rows": missing,
+                # Accounted for, with an outcome of their own: changed after they were sent, never shown with the old answer.
+                "stale_rows": summary.stale,
                 "rows_without_outcome": without_outcome,
                 "unknown_outcomes": dg.MetadataValue.json(unknown),
             },

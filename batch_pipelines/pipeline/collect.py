@@ -8,12 +8,15 @@ way, after a delay, without spending an attempt of its rows. The final materiali
 whole table, every row once, with counts, tokens, cost and checks.
 """
 
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from batch_pipelines import results as _results
@@ -23,6 +26,7 @@ from batch_pipelines.pipeline.metadata import results_preview
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.pipeline.runtime import PipelineRuntime
 from batch_pipelines.providers import Batch, BatchProvider, ResultFiles, poll_batches
+from batch_pipelines.requests import FINGERPRINT_COLUMN, RequestManifest, RequestValidationError, build_request_files
 from batch_pipelines.submission import PartitionFolder, SubmittedBatch, partition_lock
 
 __all__ = ["collect_results"]
@@ -48,6 +52,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
             f"the source changed since; materialize {rt.name}_requests and {rt.name}_batch again"
         )
     ids = _results.manifest_custom_ids(first, source.index)
+    current_fingerprints = _current_fingerprints(rt, resource, source)
     blocking = rt.options.blocking
     with resource.get_provider() as provider, rt.watching(context, provider, partition) as watched:
         while True:
@@ -60,14 +65,19 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
                     return  # the sensor tracks the new batches and launches this asset again
                 continue
             joined = [
-                _join_attempt(context, resource, provider, rt, source, ids, folder, current, batches, attempt)
+                _join_attempt(context, resource, provider, rt, source, ids, current_fingerprints, folder, current, batches, attempt)
                 for attempt in range(1, current.attempt + 1)
             ]
             frames = [frame for frame, _ in joined]
             frame = frames[0] if len(frames) == 1 else _results.merge_attempts(frames)
             anomalies = _results.ResultAnomalies.combined([found for _, found in joined])
             summary = _results.summarize(frame, profile=resource.profile, prices=resource.prices(), anomalies=anomalies)
-            plan = _results.plan_retry(frame, retry_invalid_output=rt.options.retry_invalid_output, max_attempts=rt.options.max_attempts)
+            plan = _results.plan_retry(
+                frame,
+                retry_invalid_output=rt.options.retry_invalid_output,
+                retry_stale=rt.options.on_stale == "resend",
+                max_attempts=rt.options.max_attempts,
+            )
             if plan.empty or current.cancelled:
                 break
             submitter = rt.submitter(context, resource, provider, partition)
@@ -120,12 +130,16 @@ def _join_attempt(
     rt: PipelineRuntime,
     source: pd.DataFrame,
     ids: pd.Series,
+    fingerprints: np.ndarray,
     folder: PartitionFolder,
     current: Round,
     batches: Mapping[str, Batch],
     attempt: int,
 ) -> tuple[pd.DataFrame, _results.ResultAnomalies]:
-    """The rows sent in ``attempt``, joined to that attempt's result files, and the lines that did not join."""
+    """The rows sent in ``attempt``, joined to that attempt's result files, and the lines that did not join.
+
+    An answer stays only on a row whose content (``fingerprints``, the source's now) is what was sent.
+    """
     manifest = rt.manifest(folder, attempt)
     # A shard submitted again after a full queue: its latest batch is the one that ran.
     by_shard = {b.shard: batches[b.batch_id] for b in current.batches if b.attempt == attempt}
@@ -151,7 +165,45 @@ def _join_attempt(
             f"{found.duplicate_lines} duplicates (e.g. {found.duplicate_examples[:3]}), "
             f"{found.unknown_lines} with an unknown custom_id (e.g. {found.unknown_examples[:3]})"
         )
-    return _results.apply_batch_fates(joined.frame, sent, by_shard), joined.anomalies
+    frame = _results.apply_batch_fates(joined.frame, sent, by_shard)
+    sent_fingerprints = frame["custom_id"].map(_sent_fingerprints(manifest, sent, current, attempt, resource.provider)).to_numpy(dtype=object)
+    return _results.mark_stale(frame, sent_fingerprints, fingerprints[np.flatnonzero(rows.to_numpy())]), joined.anomalies
+
+
+def _sent_fingerprints(
+    manifest: RequestManifest, sent: pd.DataFrame, current: Round, attempt: int, provider: str
+) -> dict[str, str | None]:
+    """custom_id -> the fingerprint its request was sent with, for the rows of ``attempt``.
+
+    The request files on disk are what was sent only while each shard's fingerprint is the one its
+    batch recorded: files rebuilt since (the source or the spec changed, the batch not submitted
+    again) say nothing of what the batch answered, so their rows count as changed ("").
+    """
+    if FINGERPRINT_COLUMN not in sent.columns:  # an id map written before fingerprints: trusted as before
+        return {}
+    recorded = {b.shard: b.fingerprint for b in current.batches if b.attempt == attempt}
+    rewritten = {
+        index for index, shard in enumerate(manifest.shards)
+        if recorded.get(index) not in (None, shard.fingerprint(provider, manifest.endpoint))
+    }  # fmt: skip
+    values = sent[FINGERPRINT_COLUMN].where(~sent["shard"].isin(rewritten), "")
+    return dict(zip(sent["custom_id"], values))
+
+
+def _current_fingerprints(rt: PipelineRuntime, resource: BatchProviderResource, source: pd.DataFrame) -> np.ndarray:
+    """Each source row's request fingerprint as its content is now (None where it cannot become a request)."""
+    out = np.full(len(source), None, dtype=object)
+    with tempfile.TemporaryDirectory(prefix="bp-fingerprints-") as scratch:
+        try:
+            manifest = build_request_files(
+                source, rt.spec, Path(scratch), profile=resource.profile, policy=rt.options.policy,
+                max_requests_per_shard=rt.options.max_requests_per_shard,
+            )  # fmt: skip
+        except RequestValidationError as exc:
+            raise dg.Failure(description=f"the source no longer makes valid requests: {exc}", allow_retries=False) from None
+        built = manifest.read_ids()
+        out[built["row"].to_numpy()] = built[FINGERPRINT_COLUMN].to_numpy(dtype=object)
+    return out
 
 
 def _download(

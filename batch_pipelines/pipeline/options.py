@@ -37,6 +37,10 @@ class PipelineOptions:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     #: Also send again rows whose structured output did not validate.
     retry_invalid_output: bool = False
+    #: A row whose content changed after it was sent never keeps the old answer: ``"resend"`` sends
+    #: it again with its current content (a follow-up batch of only such rows, spending an attempt);
+    #: ``"report"`` leaves it with the outcome ``stale``.
+    on_stale: Literal["resend", "report"] = "resend"
     #: The failure-rate check fails above this share of rows.
     failure_rate_threshold: float = 0.05
     #: Poll inside the run (small jobs, tests): materialize the three assets together; no sensor is built.
@@ -64,6 +68,8 @@ class PipelineOptions:
     def __post_init__(self) -> None:
         if self.policy not in ("fail", "quarantine"):
             raise ValueError(f"policy must be 'fail' or 'quarantine', not {self.policy!r}")
+        if self.on_stale not in ("resend", "report"):
+            raise ValueError(f"on_stale must be 'resend' or 'report', not {self.on_stale!r}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if not 0 <= self.failure_rate_threshold <= 1:

@@ -30,6 +30,7 @@ Modules, each importing only those listed before it:
 - ``build``: :func:`build_request_files`
 """
 
+from batch_pipelines.requests.fingerprints import FINGERPRINT_COLUMN
 from batch_pipelines.requests.build import SIZE_MARGIN, build_request_files
 from batch_pipelines.requests.custom_ids import custom_ids
 from batch_pipelines.requests.manifest import IDS_NAME, MANIFEST_NAME, RequestManifest
@@ -40,6 +41,7 @@ from batch_pipelines.requests.shards import Shard
 from batch_pipelines.requests.spec import RequestSpec
 
 __all__ = [
+    "FINGERPRINT_COLUMN",
     "IDS_NAME",
     "MANIFEST_NAME",
     "SIZE_MARGIN",

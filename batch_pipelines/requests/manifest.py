@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from batch_pipelines.requests.fingerprints import FINGERPRINT_COLUMN
 from batch_pipelines.requests.problems import RejectedRow
 from batch_pipelines.requests.shards import Shard
 
@@ -40,10 +41,12 @@ class RequestManifest(BaseModel):
     media_refs: dict[str, str] = Field(default_factory=dict)
 
     def read_ids(self) -> pd.DataFrame:
-        """The custom_id map: columns custom_id, key, row (position in the source) and shard (index)."""
+        """The custom_id map: columns custom_id, key, row (position in the source), shard (index)
+        and request_fingerprint (see :mod:`.fingerprints`; absent from maps written before it existed)."""
         if self.ids_path is None:
             return pd.DataFrame({"custom_id": pd.Series(dtype="str"), "key": pd.Series(dtype=object),
-                                 "row": pd.Series(dtype="int64"), "shard": pd.Series(dtype="int32")})
+                                 "row": pd.Series(dtype="int64"), "shard": pd.Series(dtype="int32"),
+                                 FINGERPRINT_COLUMN: pd.Series(dtype="str")})
         return pq.read_table(self.ids_path).to_pandas()
 
     def write(self, path: Path) -> Path:

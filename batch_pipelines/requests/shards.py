@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
+from batch_pipelines.requests.fingerprints import FINGERPRINT_COLUMN, line_fingerprints
+
 SHARD_NAME = "shard-{:05d}.jsonl"
 SHARD_GLOB = "shard-*.jsonl"
 
@@ -127,16 +129,14 @@ class ShardWriter:
         if self.dry or not len(chunk.ends):
             return
         pieces, shard_of = self._cut(chunk)
-        table = pa.table(
-            {
-                "custom_id": chunk.ids.cast(pa.string()),
-                "key": self.keys.take(pa.array(chunk.rows)),
-                "row": pa.array(chunk.rows, pa.int64()),
-                "shard": pa.array(shard_of, pa.int32()),
-            }
-        )
+        columns = {
+            "custom_id": chunk.ids.cast(pa.string()),
+            "key": self.keys.take(pa.array(chunk.rows)),
+            "row": pa.array(chunk.rows, pa.int64()),
+            "shard": pa.array(shard_of, pa.int32()),
+        }
         self._wait()
-        self._pending = self._pool.submit(self._apply, pieces, table)
+        self._pending = self._pool.submit(self._apply, pieces, columns, chunk)
 
     def _cut(self, chunk: Chunk) -> tuple[list[_Piece], np.ndarray]:
         """The chunk's lines as pieces of shards, and the shard of every line."""
@@ -175,7 +175,9 @@ class ShardWriter:
             i += k
         return pieces, shard_of
 
-    def _apply(self, pieces: list[_Piece], table: pa.Table) -> None:
+    def _apply(self, pieces: list[_Piece], columns: dict[str, pa.Array], chunk: Chunk) -> None:
+        # Hashed here, in the writer's thread, while the caller builds the next chunk.
+        table = pa.table({**columns, FINGERPRINT_COLUMN: line_fingerprints(chunk.data, chunk.ends, chunk.ids)})
         for piece in pieces:
             if piece.rows:
                 if self._file is None:

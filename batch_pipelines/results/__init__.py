@@ -40,9 +40,12 @@ from batch_pipelines.results.merge import merge_attempts
 from batch_pipelines.results.outcomes import OUTCOMES, Outcome
 from batch_pipelines.results.retry import DEFAULT_MAX_ATTEMPTS, RetryPlan, build_retry_requests, plan_retry
 from batch_pipelines.results.structured_output import OUTPUT_PREFIX
+from batch_pipelines.results.staleness import STALE_CODE, mark_stale
 from batch_pipelines.results.summary import Prices, ResultSummary, summarize
 
 __all__ = [
+    "STALE_CODE",
+    "mark_stale",
     "DEFAULT_MAX_ATTEMPTS",
     "apply_batch_fates",
     "ANTHROPIC_MESSAGES",

@@ -27,17 +27,20 @@ __all__ = [
     "MISSING",
     "OUTCOMES",
     "REJECTED",
+    "STALE",
     "SUCCEEDED",
     "Outcome",
 ]
 
-Outcome = Literal["succeeded", "failed", "invalid_output", "expired", "cancelled", "rejected", "missing"]
-OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "invalid_output", "expired", "cancelled", "rejected", "missing")
-SUCCEEDED, FAILED, INVALID, EXPIRED, CANCELLED, REJECTED, MISSING = range(len(OUTCOMES))
+Outcome = Literal["succeeded", "failed", "invalid_output", "expired", "cancelled", "rejected", "missing", "stale"]
+OUTCOMES: tuple[Outcome, ...] = (
+    "succeeded", "failed", "invalid_output", "expired", "cancelled", "rejected", "missing", "stale",
+)  # fmt: skip
+SUCCEEDED, FAILED, INVALID, EXPIRED, CANCELLED, REJECTED, MISSING, STALE = range(len(OUTCOMES))
 
 #: outcome -> (rank among the lines for one custom_id, rank among one row's attempts); lower wins.
-#: No line is rejected or missing (those outcomes are the join's, for rows without a line), so
-#: their line rank only has to lose.
+#: No line is rejected, missing or stale (those outcomes are the join's and the staleness check's),
+#: so their line rank only has to lose.
 _RANKS: dict[Outcome, tuple[int, int]] = {
     "succeeded": (0, 0),
     "invalid_output": (1, 1),
@@ -46,6 +49,8 @@ _RANKS: dict[Outcome, tuple[int, int]] = {
     "cancelled": (2, 1),
     "rejected": (3, 1),
     "missing": (3, 2),
+    # Answered, but for content the row no longer has (see .staleness): a result, not an answer.
+    "stale": (3, 1),
 }
 
 #: Indexed by outcome code: ties go to the line read first.

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from batch_pipelines.profiles import ProviderProfile
 from batch_pipelines.providers.retry_policy import retryable_status
 from batch_pipelines.requests import RequestManifest, RequestSpec, build_request_files
-from batch_pipelines.results.outcomes import CANCELLED, EXPIRED, FAILED, INVALID, MISSING, OUTCOMES, SUCCEEDED
+from batch_pipelines.results.outcomes import CANCELLED, EXPIRED, FAILED, INVALID, MISSING, OUTCOMES, STALE, SUCCEEDED
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "RetryPlan", "build_retry_requests", "plan_retry"]
 
@@ -49,12 +49,15 @@ class RetryPlan(BaseModel):
         return not self.custom_ids
 
 
-def plan_retry(frame: pd.DataFrame, *, retry_invalid_output: bool = False, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> RetryPlan:
+def plan_retry(
+    frame: pd.DataFrame, *, retry_invalid_output: bool = False, retry_stale: bool = True, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+) -> RetryPlan:
     """The rows of a joined (or merged) frame to send again.
 
     Retried: missing, expired, cancelled, HTTP failures that :func:`retryable_status` passes (408,
     409, 429 and 5xx, not a 429 saying the quota or credit ran out), request_timeout, and
-    invalid_output when ``retry_invalid_output``. Not retried: 400 and other client errors,
+    invalid_output when ``retry_invalid_output``, stale rows (changed since they were sent: they go
+    with their current content) unless ``retry_stale`` is False. Not retried: 400 and other client errors,
     rejected rows (fix the input), and rows already tried ``max_attempts`` times. Build the
     retry's request files with :func:`build_retry_requests`.
     """
@@ -74,6 +77,7 @@ def plan_retry(frame: pd.DataFrame, *, retry_invalid_output: bool = False, max_a
         | retry_http
         | (failed & retry_code)
         | ((codes == INVALID) & retry_invalid_output)
+        | ((codes == STALE) & retry_stale)
     )
     exhausted = retryable & (frame["attempt"].to_numpy() >= max_attempts)
     retry = retryable & ~exhausted

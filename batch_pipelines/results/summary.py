@@ -41,6 +41,7 @@ class ResultSummary(BaseModel):
     cancelled: int = 0
     rejected: int = 0
     missing: int = 0
+    stale: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
