@@ -41,7 +41,7 @@ smoke: setup
 	$(BIN)/python -m batch_pipelines.demo.smoke
 
 # The pipeline end to end under every fault of the reliability suite (also part of `make test`): one
-# table row per fault, then `reliability: faults=N rows_lost=0 duplicate_submissions=0`.
+# table row per fault, then `reliability: faults=N rows_lost=0 duplicate_submissions=0 wrong_answers=0`.
 reliability: setup
 	$(BIN)/python -m batch_pipelines_tests.reliability
 

@@ -41,6 +41,9 @@ class PipelineOptions:
     #: it again with its current content (a follow-up batch of only such rows, spending an attempt);
     #: ``"report"`` leaves it with the outcome ``stale``.
     on_stale: Literal["resend", "report"] = "resend"
+    #: Cancel the in-flight batches of a partition when its request files are rebuilt with other
+    #: content (a new prompt, corrected rows): their answers would be stale.
+    cancel_superseded: bool = True
     #: The failure-rate check fails above this share of rows.
     failure_rate_threshold: float = 0.05
     #: Poll inside the run (small jobs, tests): materialize the three assets together; no sensor is built.

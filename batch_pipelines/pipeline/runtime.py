@@ -23,7 +23,7 @@ from batch_pipelines.pipeline.options import PipelineOptions
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.providers import Batch, BatchProvider
 from batch_pipelines.requests import MANIFEST_NAME, RequestManifest, RequestSpec, RequestValidationError, build_request_files
-from batch_pipelines.submission import PartitionFolder, Submitter, partition_lock, partition_of_tag, partition_tag
+from batch_pipelines.submission import PartitionFolder, Submitter, cancel_superseded, partition_lock, partition_of_tag, partition_tag
 
 __all__ = ["PipelineRuntime"]
 
@@ -122,7 +122,21 @@ class PipelineRuntime:
         }
         if manifest.rejected:
             metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
+        if self.options.cancel_superseded:
+            superseded = self.cancel_superseded(context, resource, partition, set(fingerprints))
+            if superseded:
+                metadata["superseded_batches"] = dg.MetadataValue.json(superseded)
         return dg.MaterializeResult(metadata=metadata)
+
+    def cancel_superseded(
+        self, context: dg.AssetExecutionContext, resource: BatchProviderResource, partition: str | None, rebuilt: set[str]
+    ) -> list[str]:
+        """Cancel the partition's in-flight batches that the request files just written supersede."""
+        current = load_round(context.instance, self.batch_key, self.results_key, partition)
+        if current is None:
+            return []
+        with resource.get_provider() as provider:
+            return cancel_superseded(provider, current.batches, rebuilt, context.log)
 
     # ---- <name>_batch ---------------------------------------------------------------------------
     def submit_batches(self, context: dg.AssetExecutionContext) -> dg.MaterializeResult:

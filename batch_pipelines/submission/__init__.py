@@ -7,10 +7,11 @@ partition's batches can reach, and gets back which batch runs each shard.
 - :mod:`.layout` where a partition's request files, attempts and downloads live;
 - :mod:`.lock` one submitter at a time per partition;
 - :mod:`.submitter` submit once, re-attach, keep the first of racing submitters;
-- :mod:`.cancel` cancel the live batches of partitions, found by their tags.
+- :mod:`.cancel` cancel the live batches of partitions (found by their tags), of a stopped run,
+  or superseded by rebuilt request files.
 """
 
-from batch_pipelines.submission.cancel import cancel_partition_batches, cancel_run_batches
+from batch_pipelines.submission.cancel import cancel_partition_batches, cancel_run_batches, cancel_superseded
 from batch_pipelines.submission.layout import PartitionFolder, partition_dir
 from batch_pipelines.submission.lock import partition_lock
 from batch_pipelines.submission.submitter import Submission, Submitter
@@ -45,6 +46,7 @@ __all__ = [
     "UNPARTITIONED",
     "cancel_partition_batches",
     "cancel_run_batches",
+    "cancel_superseded",
     "partition_dir",
     "partition_lock",
     "partition_of_tag",

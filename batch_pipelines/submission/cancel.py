@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 from batch_pipelines.providers import Batch, BatchProvider, BatchStatus
 from batch_pipelines.submission.submitter import Log
 from batch_pipelines.submission.tags import PARTITION_TAG, PIPELINE_TAG, RUN_TAG, partition_tag
+from batch_pipelines.submission.types import SubmittedBatch
 
-__all__ = ["cancel_partition_batches", "cancel_run_batches"]
+__all__ = ["cancel_partition_batches", "cancel_run_batches", "cancel_superseded"]
 
 
 def cancel_partition_batches(provider: BatchProvider, pipeline: str, partitions: Sequence[str | None]) -> list[Batch]:
@@ -52,3 +53,30 @@ def cancel_run_batches(
             log.warning(f"run stopped: cancelled batch {batch_id}")
         except Exception as exc:  # noqa: BLE001 - a terminal batch cannot be cancelled: fine
             log.info(f"run stopped: batch {batch_id} not cancelled: {exc}")
+
+
+def cancel_superseded(provider: BatchProvider, batches: Sequence[SubmittedBatch], rebuilt: set[str], log: Log) -> list[str]:
+    """Cancel the live batches of a round whose request files were rebuilt with other content.
+
+    ``batches`` are the round's, ``rebuilt`` the fingerprints of the shards just written. When the
+    round's first attempt holds exactly those shards, nothing changed and nothing is cancelled (a
+    rebuild of the same rows re-attaches). Otherwise every live batch of the round whose shard is
+    not among the new ones runs requests nobody will read: it is cancelled, and the ids returned.
+    """
+    if {b.fingerprint for b in batches if b.attempt == 1} == rebuilt:
+        return []
+    cancelled = []
+    for record in batches:
+        if record.fingerprint in rebuilt:
+            continue
+        batch = provider.retrieve_batch(record.batch_id)
+        if batch.is_terminal or batch.status == BatchStatus.CANCELLING:
+            continue
+        try:
+            provider.cancel_batch(batch.id)
+        except Exception as exc:  # noqa: BLE001 - it may have finished meanwhile: reported, not fatal
+            log.warning(f"could not cancel superseded batch {batch.id}: {exc}")
+            continue
+        log.warning(f"batch {batch.id} runs request files that were rebuilt with other content: cancelled")
+        cancelled.append(batch.id)
+    return cancelled

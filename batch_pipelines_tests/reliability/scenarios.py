@@ -6,8 +6,9 @@ partitions) and checks its own expectations; :func:`run_scenario` then measures 
 accounted for, batches created, duplicate submissions and final outcome counts.
 
 ``python -m batch_pipelines_tests.reliability [name ...]`` (``make reliability``) prints one table
-row per fault and ends with ``reliability: faults=N rows_lost=0 duplicate_submissions=0``, exiting
-1 if any row was lost, paid twice or unaccounted for, or an expectation failed.
+row per fault and ends with ``reliability: faults=N rows_lost=0 duplicate_submissions=0 wrong_answers=0``, exiting
+1 if any row was lost, paid twice, unaccounted for or answered for other content, or an
+expectation failed.
 ``test_scenarios.py`` runs the same scenarios under pytest.
 """
 
@@ -307,6 +308,32 @@ def racing_submits(world: World) -> None:
     expect(submitted == [0, 1], f"one run submitted, the other re-attached: {submitted}")
 
 
+@scenario("source changed in flight", pipeline={"batch_tags": batch_faults({None: FaultPlan(row_delay=0.03)})})
+def source_changed(world: World) -> None:
+    world.submit()
+    expect(any(b["status"] != "completed" for b in world.batches()), "the batches are still running")
+    world.change_texts({3: " (corrected)", 42: " (corrected)"})
+    for partition in world.partitions:
+        world.run([world.harness.texts], partition)  # the source alone: its request files and batches stay
+    world.drive()
+    all_succeeded(world)
+    resent = world.results().query("attempt == 2")
+    expect(len(resent) == 2 * len(world.partitions), f"only the corrected rows go again: {len(resent)} rows")
+
+
+@scenario("template changed in flight", pipeline={"batch_tags": batch_faults({None: FaultPlan(row_delay=0.05)})})
+def template_changed(world: World) -> None:
+    world.submit()
+    old = [b["id"] for b in world.batches()]
+    world.change_spec(messages=[{"role": "user", "content": "Which category is this text in? {text}"}])
+    world.submit()  # the new prompt's request files, then its batches: the old ones are superseded
+    ended = {b["id"]: b["status"] for b in world.batches() if b["id"] in old}
+    expect(set(ended.values()) <= {"cancelling", "cancelled"}, f"the superseded batches are cancelled: {ended}")
+    world.drive()
+    all_succeeded(world)
+    expect(len(world.batches()) == 2 * len(world.partitions), "one new batch per partition beside the cancelled ones")
+
+
 def _materializations(world: World, partition: str) -> list[dict[str, Any]]:
     records = world.instance.fetch_materializations(
         dg.AssetRecordsFilter(world.pipeline.batch_asset.key, asset_partitions=[partition]), limit=100
@@ -319,11 +346,11 @@ def _materializations(world: World, partition: str) -> list[dict[str, Any]]:
 
 def table(rows: Sequence[tuple[Scenario, Measured]]) -> str:
     """One row per fault: rows in, accounted for, batches, duplicates, lost, then the outcome counts."""
-    header = ("fault", "rows in", "accounted", "batches", "duplicates", "lost", "run retries", "seconds", "outcomes")
+    header = ("fault", "rows in", "accounted", "batches", "duplicates", "lost", "wrong answers", "run retries", "seconds", "outcomes")
     cells = [
         (
             s.fault,
-            *(str(v) for v in (m.rows_in, m.rows_accounted, m.batches, m.duplicate_submissions, m.rows_lost, m.failed_runs)),
+            *(str(v) for v in (m.rows_in, m.rows_accounted, m.batches, m.duplicate_submissions, m.rows_lost, m.wrong_answers, m.failed_runs)),
             f"{m.seconds:.1f}",
             " ".join(f"{k}={v}" for k, v in m.outcomes.items()) + ("" if m.ok else f"  FAILED: {m.problem or 'counts'}"),
         )
@@ -355,5 +382,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"reliability: {len(done)} scenarios in {time.monotonic() - started:.0f}s", file=progress)
     lost = sum(m.rows_lost for _, m in done)
     duplicates = sum(m.duplicate_submissions for _, m in done)
-    print(f"reliability: faults={len(done)} rows_lost={lost} duplicate_submissions={duplicates}")
+    wrong = sum(m.wrong_answers for _, m in done)
+    print(f"reliability: faults={len(done)} rows_lost={lost} duplicate_submissions={duplicates} wrong_answers={wrong}")
     return 0 if all(m.ok for _, m in done) else 1

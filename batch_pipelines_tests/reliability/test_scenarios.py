@@ -1,4 +1,5 @@
-"""Every fault of the reliability table, end to end: no row lost, none paid twice, every outcome counted.
+"""Every fault of the reliability table, end to end: no row lost, none paid twice, no answer to other
+content, every outcome counted.
 
 The same scenarios ``make reliability`` prints as a table (see ``scenarios.py``).
 """
@@ -17,4 +18,5 @@ def test_no_row_is_lost_and_no_batch_is_paid_twice(scenario: Scenario) -> None:
     assert measured.rows_in == ROWS * len(PARTITIONS)
     assert measured.rows_lost == 0
     assert measured.duplicate_submissions == 0
+    assert measured.wrong_answers == 0
     assert sum(measured.outcomes.values()) == measured.rows_in

@@ -37,8 +37,8 @@ import pandas as pd
 from batch_pipelines.local_service import FAULTS_METADATA_KEY, BatchEngine, FaultPlan, HttpFault
 from batch_pipelines.submission import ATTEMPT_TAG, FINGERPRINT_TAG, PARTITION_TAG
 from batch_pipelines_tests.support.child_runs import start_child
-from batch_pipelines_tests.support.driver import KEY_ENV, RUN_KEY_TAG, Harness, build, make_resource, make_texts
-from batch_pipelines_tests.support.service import LocalService, service_batches, start_service
+from batch_pipelines_tests.support.driver import KEY_ENV, RUN_KEY_TAG, SPEC, Harness, build, make_resource, make_texts
+from batch_pipelines_tests.support.service import LocalService, sent_fingerprints, service_batches, start_service
 from batch_pipelines_tests.support.waiting import wait_until
 
 __all__ = [
@@ -99,6 +99,8 @@ class Measured:
     duplicate_submissions: int
     outcomes: dict[str, int]
     failed_runs: int = 0
+    #: Succeeded rows whose answer is to a request other than the one their content makes now.
+    wrong_answers: int = 0
     seconds: float = 0.0
     #: Why the scenario did not finish, or which of its own expectations failed (None: all held).
     problem: str | None = None
@@ -113,6 +115,7 @@ class Measured:
             self.problem is None
             and self.rows_lost == 0
             and self.duplicate_submissions == 0
+            and self.wrong_answers == 0
             and sum(self.outcomes.values()) == self.rows_in
         )
 
@@ -126,6 +129,8 @@ class World:
     instance: dg.DagsterInstance
     service: LocalService
     harness: Harness
+    #: Row position -> text appended to that row of every day's source from now on (see change_texts).
+    corrections: dict[int, str]
     partitions: tuple[str, ...] = PARTITIONS
 
     @property
@@ -159,6 +164,17 @@ class World:
 
     def drive(self) -> None:
         self.harness.drive(self.partitions)
+
+    def change_texts(self, corrections: Mapping[int, str]) -> None:
+        """Correct some rows of the source (same keys, other text); materialized again by the next run of ``texts``."""
+        self.corrections.update(corrections)
+
+    def change_spec(self, **changes: Any) -> None:
+        """A new version of the code: the pipeline built with its request spec changed (a new prompt, say)."""
+        h = self.harness
+        spec = SPEC.model_copy(update=changes)
+        pipeline = build(source=h.texts, spec=spec, **self.scenario.pipeline)
+        self.harness = Harness(self.instance, pipeline, h.texts, h.resource, cursor=h.cursor, run_retries=RUN_RETRIES, failed_runs=h.failed_runs)
 
     def restart_daemon(self, cursor: str | None) -> None:
         """A new daemon process: the code loaded again, the sensor evaluated from ``cursor``."""
@@ -217,8 +233,9 @@ class World:
 
     def measure(self) -> Measured:
         h = self.harness
-        rows_in = accounted = 0
+        rows_in = accounted = wrong = 0
         outcomes: Counter[str] = Counter()
+        sent = sent_fingerprints(self.service)
         done = h.materialized_results()
         for partition in self.partitions:
             source = h.defs.load_asset_value(h.texts.key, partition_key=partition, instance=self.instance)
@@ -230,6 +247,11 @@ class World:
             seen = results["text_id"].value_counts()
             answered = set(results.loc[results["outcome"] != "missing", "text_id"])
             accounted += len(set(source["text_id"]) & set(seen[seen == 1].index) & answered)
+            succeeded = results[results["outcome"] == "succeeded"]
+            wrong += sum(
+                sent.get((str(batch_id), cid), fp) != fp
+                for batch_id, cid, fp in zip(succeeded["batch_id"], succeeded["custom_id"], succeeded["request_fingerprint"])
+            )
         batches = self.batches()
         ran = Counter(
             tuple(b["metadata"].get(k) for k in (FINGERPRINT_TAG, PARTITION_TAG, ATTEMPT_TAG))
@@ -243,6 +265,7 @@ class World:
             duplicate_submissions=sum(n - 1 for n in ran.values()),
             outcomes=dict(sorted(outcomes.items())),
             failed_runs=self.failed_runs,
+            wrong_answers=wrong,
         )
 
 
@@ -260,10 +283,11 @@ def open_world(scenario: Scenario) -> Iterator[World]:
         else:
             service = start_service(root / "service", api_key=KEY, **scenario.service)
             stack.callback(service.stop)
-        texts = make_texts(ROWS)
+        corrections: dict[int, str] = {}
+        texts = make_texts(ROWS, edit=lambda frame: _corrected(frame, corrections))
         resource = make_resource(service.base_url, root / "storage", **{**RESOURCE, **scenario.resource})
         harness = Harness(instance, build(source=texts, **scenario.pipeline), texts, resource, run_retries=RUN_RETRIES)
-        yield World(scenario, root, instance, service, harness)
+        yield World(scenario, root, instance, service, harness, corrections)
 
 
 def run_scenario(scenario: Scenario) -> Measured:
@@ -324,6 +348,15 @@ class ServedProcess(LocalService):
 
     def set_faults(self, plan: FaultPlan) -> None:
         raise NotImplementedError("a served process has the fault plan it was started with")
+
+
+def _corrected(frame: pd.DataFrame, corrections: Mapping[int, str]) -> pd.DataFrame:
+    if not corrections:
+        return frame
+    text = frame["text"].copy()
+    for row, suffix in corrections.items():
+        text.iloc[row] = f"{text.iloc[row]}{suffix}"
+    return frame.assign(text=text)
 
 
 # ---- helpers of the scenarios -----------------------------------------------------------------

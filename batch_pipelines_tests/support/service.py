@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import pyarrow as pa
 import uvicorn
 
-from batch_pipelines.local_service import BatchEngine, FaultPlan, create_app
+from batch_pipelines.local_service import BatchEngine, FaultPlan, ServiceError, create_app
+from batch_pipelines.requests.fingerprints import line_fingerprints
 from batch_pipelines_tests.support.waiting import wait_until
 
-__all__ = ["LocalService", "ServerThread", "sent_per_custom_id", "service_batches", "start_service"]
+__all__ = ["LocalService", "ServerThread", "sent_fingerprints", "sent_per_custom_id", "service_batches", "start_service"]
 
 
 @dataclass
@@ -103,4 +106,20 @@ def sent_per_custom_id(service: LocalService) -> Counter[str]:
     for file in service.engine.list_files(purpose="batch")["data"]:
         with service.engine.file_content_path(file["id"]).open("rb") as fh:
             sent.update(orjson.loads(line)["custom_id"] for line in fh)
+    return sent
+
+
+def sent_fingerprints(service: LocalService) -> dict[tuple[str, str], str]:
+    """(batch id, custom_id) -> the fingerprint of the request that batch was sent for that row."""
+    sent: dict[tuple[str, str], str] = {}
+    for batch in service_batches(service):
+        try:
+            path = service.engine.file_content_path(batch["input_file_id"])
+        except ServiceError:  # deleted since (a file quota guard, a fault): nothing to compare
+            continue
+        lines = path.read_bytes().splitlines(keepends=True)
+        ids = [orjson.loads(line)["custom_id"] for line in lines]
+        ends = np.cumsum([len(line) for line in lines])
+        prints = line_fingerprints(memoryview(b"".join(lines)), ends, pa.array(ids)).to_pylist()
+        sent.update(((batch["id"], cid), fp) for cid, fp in zip(ids, prints))
     return sent
