@@ -71,7 +71,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
             frames = [frame for frame, _ in joined]
             frame = frames[0] if len(frames) == 1 else _results.merge_attempts(frames)
             anomalies = _results.ResultAnomalies.combined([found for _, found in joined])
-            summary = _results.summarize(frame, profile=resource.profile, prices=resource.prices(), anomalies=anomalies)
+            summary = _results.summarize(frame, profile=resource.profile, prices=resource.prices(rt.spec.model), anomalies=anomalies)
             plan = _results.plan_retry(
                 frame,
                 retry_invalid_output=rt.options.retry_invalid_output,

@@ -59,6 +59,9 @@ class PipelineOptions:
     #: Extra batch metadata (a team tag), or a function of (partition, attempt) returning it; at
     #: most 8 pairs (the provider keeps 16, the pipeline uses up to 8).
     batch_tags: BatchTags | None = None
+    #: Refuse to submit a partition whose estimated cost (USD) exceeds this, before any upload
+    #: (the resource's ``max_cost_per_partition_usd`` applies too: the lower wins).
+    max_cost_per_partition_usd: float | None = None
     #: Split request files further than the provider's limits require.
     max_requests_per_shard: int | None = None
     #: Seconds between two sensor ticks.
@@ -77,6 +80,8 @@ class PipelineOptions:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if not 0 <= self.failure_rate_threshold <= 1:
             raise ValueError(f"failure_rate_threshold must be within [0, 1], got {self.failure_rate_threshold}")
+        if self.max_cost_per_partition_usd is not None and self.max_cost_per_partition_usd < 0:
+            raise ValueError(f"max_cost_per_partition_usd must be >= 0, got {self.max_cost_per_partition_usd}")
         if isinstance(self.batch_tags, Mapping) and len(self.batch_tags) > MAX_USER_TAGS:
             raise ValueError(f"batch_tags has {len(self.batch_tags)} pairs; at most {MAX_USER_TAGS} are left for yours")
 

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from batch_pipelines.profiles import ProviderProfile, custom_profile, get_profile
 from batch_pipelines.providers import LOCAL, Batch, BatchProvider, make_provider
-from batch_pipelines.results import Prices
+from batch_pipelines.results import Prices, table_prices
 from batch_pipelines.submission import cancel_partition_batches
 
 __all__ = ["BatchProviderResource"]
@@ -118,10 +118,22 @@ class BatchProviderResource(dg.ConfigurableResource):
         description="Delete a batch's input, output and error files from the provider once its results are on disk; unset: the profile's default.",
     )
     input_price_per_million: float | None = Field(
-        default=None, description="Real-time price per million input tokens (the batch discount is applied to it)."
+        default=None,
+        description=(
+            "Real-time price per million input tokens (the batch discount is applied to it); unset with the output "
+            "price: the model's price in the offline price table (genai-prices), if it has one."
+        ),
     )
     output_price_per_million: float | None = Field(
         default=None, description="Real-time price per million output tokens (the batch discount is applied to it)."
+    )
+    max_cost_per_partition_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Refuse to submit a partition whose estimated cost (USD, batch discount applied) exceeds this, before "
+            "anything is uploaded; every pipeline of the code location. A pipeline's own budget applies too."
+        ),
     )
 
     @property
@@ -149,10 +161,10 @@ class BatchProviderResource(dg.ConfigurableResource):
             return self.delete_files_after_download
         return self.profile.delete_files_after_download
 
-    def prices(self) -> Prices | None:
-        """The configured prices, or None (no cost in the metadata) when neither is set."""
+    def prices(self, model: str | None = None) -> Prices | None:
+        """The configured prices; unset, ``model``'s from the offline price table; else None (no cost shown)."""
         if self.input_price_per_million is None and self.output_price_per_million is None:
-            return None
+            return table_prices(self.provider, model) if model else None
         return Prices(input_per_million=self.input_price_per_million or 0.0, output_per_million=self.output_price_per_million or 0.0)
 
     @property

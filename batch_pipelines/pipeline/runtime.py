@@ -22,7 +22,16 @@ from batch_pipelines.pipeline.metadata import first_requests, rejected_preview
 from batch_pipelines.pipeline.options import PipelineOptions
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.providers import Batch, BatchProvider
-from batch_pipelines.requests import MANIFEST_NAME, RequestManifest, RequestSpec, RequestValidationError, build_request_files
+from batch_pipelines.requests import (
+    MANIFEST_NAME,
+    RequestEstimate,
+    RequestManifest,
+    RequestSpec,
+    RequestValidationError,
+    build_request_files,
+    estimate_requests,
+)
+from batch_pipelines.results import Prices
 from batch_pipelines.submission import PartitionFolder, Submitter, cancel_superseded, partition_lock, partition_of_tag, partition_tag
 
 __all__ = ["PipelineRuntime"]
@@ -122,6 +131,7 @@ class PipelineRuntime:
         }
         if manifest.rejected:
             metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
+        metadata.update(self.estimate_metadata(resource, manifest))
         if self.options.cancel_superseded:
             superseded = self.cancel_superseded(context, resource, partition, set(fingerprints))
             if superseded:
@@ -149,6 +159,7 @@ class PipelineRuntime:
                 if not manifest_path.exists():
                     raise dg.Failure(f"no request files at {manifest_path}: materialize {self.name}_requests for this partition first")
                 manifest = RequestManifest.read(manifest_path)
+                self.check_budget(resource, manifest)
                 submitted = self.submitter(context, resource, provider, partition).submit(manifest, asset=self.batch_key.to_user_string())
             batches = [s.batch for s in submitted]
             watched.extend(b.id for b in batches)
@@ -169,6 +180,59 @@ class PipelineRuntime:
         if links:
             metadata["console"] = dg.MetadataValue.md("\n".join(f"- [{i}]({url})" for i, url in links.items()))
         return dg.MaterializeResult(metadata=metadata)
+
+    # ---- cost before spending -------------------------------------------------------------------
+    def budget(self, resource: BatchProviderResource) -> float | None:
+        """The lowest of the pipeline's and the resource's per-partition budgets (USD), if any."""
+        limits = [b for b in (self.options.max_cost_per_partition_usd, resource.max_cost_per_partition_usd) if b is not None]
+        return min(limits) if limits else None
+
+    def estimate(self, resource: BatchProviderResource, manifest: RequestManifest) -> tuple[RequestEstimate, Prices | None, float | None]:
+        """Tokens of ``manifest``'s requests, the prices used, and the cost bound (USD; None without a bound)."""
+        tokens = estimate_requests(manifest, self.spec)
+        prices = resource.prices(self.spec.model)
+        cost = None
+        if prices is not None and tokens.max_output_tokens is not None:
+            cost = prices.batch_cost(resource.profile, input_tokens=tokens.input_tokens, output_tokens=tokens.max_output_tokens)
+        return tokens, prices, cost
+
+    def estimate_metadata(self, resource: BatchProviderResource, manifest: RequestManifest) -> dict[str, Any]:
+        tokens, prices, cost = self.estimate(resource, manifest)
+        metadata: dict[str, Any] = {
+            "rows_to_send": tokens.requests,
+            "estimated_input_tokens": tokens.input_tokens,
+            "max_output_tokens": tokens.max_output_tokens if tokens.max_output_tokens is not None else "unbounded (no max_tokens)",
+            "price_source": prices.source if prices is not None else "none (set input and output prices)",
+        }
+        if cost is not None:
+            metadata["estimated_cost_usd"] = dg.MetadataValue.float(cost)
+        budget = self.budget(resource)
+        if budget is not None:
+            metadata["budget_usd"] = dg.MetadataValue.float(budget)
+        return metadata
+
+    def check_budget(self, resource: BatchProviderResource, manifest: RequestManifest) -> None:
+        """Refuse, before anything is uploaded, a submission whose cost may exceed the budget."""
+        budget = self.budget(resource)
+        if budget is None:
+            return
+        tokens, prices, cost = self.estimate(resource, manifest)
+        if prices is None:
+            why = f"no price is known for model {self.spec.model!r}: set the resource's input and output prices"
+        elif cost is None:
+            why = "the answers' length is not bounded: set max_tokens (or max_completion_tokens) in the request body"
+        elif cost > budget:
+            why = (
+                f"the estimated cost is {cost:.6g} USD ({tokens.requests} requests, about {tokens.input_tokens} input "
+                f"and at most {tokens.max_output_tokens} output tokens, {prices.source} prices), over the budget"
+            )
+        else:
+            return
+        raise dg.Failure(
+            description=f"{self.name}: not submitted, nothing uploaded: {why} of {budget:.6g} USD per partition",
+            metadata={"budget_usd": dg.MetadataValue.float(budget), **({"estimated_cost_usd": dg.MetadataValue.float(cost)} if cost is not None else {})},
+            allow_retries=False,
+        )
 
     # ---- <name>_cancel --------------------------------------------------------------------------
     def cancel(self, context: dg.OpExecutionContext, partitions: Sequence[str]) -> None:

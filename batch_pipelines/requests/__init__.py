@@ -30,6 +30,7 @@ Modules, each importing only those listed before it:
 - ``build``: :func:`build_request_files`
 """
 
+from batch_pipelines.requests.estimate import BYTES_PER_TOKEN, RequestEstimate, estimate_requests
 from batch_pipelines.requests.fingerprints import FINGERPRINT_COLUMN
 from batch_pipelines.requests.build import SIZE_MARGIN, build_request_files
 from batch_pipelines.requests.custom_ids import custom_ids
@@ -41,7 +42,10 @@ from batch_pipelines.requests.shards import Shard
 from batch_pipelines.requests.spec import RequestSpec
 
 __all__ = [
+    "BYTES_PER_TOKEN",
     "FINGERPRINT_COLUMN",
+    "RequestEstimate",
+    "estimate_requests",
     "IDS_NAME",
     "MANIFEST_NAME",
     "SIZE_MARGIN",

@@ -41,9 +41,11 @@ from batch_pipelines.results.outcomes import OUTCOMES, Outcome
 from batch_pipelines.results.retry import DEFAULT_MAX_ATTEMPTS, RetryPlan, build_retry_requests, plan_retry
 from batch_pipelines.results.structured_output import OUTPUT_PREFIX
 from batch_pipelines.results.staleness import STALE_CODE, mark_stale
+from batch_pipelines.results.prices import table_prices
 from batch_pipelines.results.summary import Prices, ResultSummary, summarize
 
 __all__ = [
+    "table_prices",
     "STALE_CODE",
     "mark_stale",
     "DEFAULT_MAX_ATTEMPTS",

@@ -14,11 +14,11 @@ __all__ = ["Prices", "ResultSummary", "summarize"]
 
 
 class Prices(BaseModel):
-    """The provider's standard (real-time) prices per million tokens, in your currency.
+    """The provider's standard (real-time) prices per million tokens, in USD.
 
-    Configure them yourself: prices change, so the project keeps no price list. The batch discount
-    comes from the provider profile (``batch_discount``). Cached input tokens cost
-    ``cached_input_per_million`` when given, else the input price.
+    Configured by the user, or looked up in an offline price table (:mod:`.prices`); ``source``
+    says which. The batch discount comes from the provider profile (``batch_discount``). Cached
+    input tokens cost ``cached_input_per_million`` when given, else the input price.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -26,6 +26,16 @@ class Prices(BaseModel):
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(ge=0)
     cached_input_per_million: float | None = Field(default=None, ge=0)
+    #: Where the prices come from: "configured", or the price table and its version.
+    source: str = "configured"
+
+    def batch_cost(self, profile: ProviderProfile, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+        """USD for these tokens through ``profile``'s Batch API (its discount applied)."""
+        cached = self.input_per_million if self.cached_input_per_million is None else self.cached_input_per_million
+        full = (
+            (input_tokens - cached_tokens) * self.input_per_million + cached_tokens * cached + output_tokens * self.output_per_million
+        ) / 1_000_000
+        return full * (1 - profile.batch_discount)
 
 
 class ResultSummary(BaseModel):
@@ -76,13 +86,9 @@ def summarize(
     tokens = {name: int(frame[name].sum()) for name in TOKEN_COLUMNS}
     cost = None
     if prices is not None and profile is not None:
-        cached_price = prices.input_per_million if prices.cached_input_per_million is None else prices.cached_input_per_million
-        full = (
-            (tokens["prompt_tokens"] - tokens["cached_tokens"]) * prices.input_per_million
-            + tokens["cached_tokens"] * cached_price
-            + tokens["completion_tokens"] * prices.output_per_million
-        ) / 1_000_000
-        cost = full * (1 - profile.batch_discount)
+        cost = prices.batch_cost(
+            profile, input_tokens=tokens["prompt_tokens"], output_tokens=tokens["completion_tokens"], cached_tokens=tokens["cached_tokens"]
+        )
     anomalies = anomalies or ResultAnomalies()
     return ResultSummary(
         rows=rows,
