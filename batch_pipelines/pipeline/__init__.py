@@ -16,6 +16,7 @@
 from batch_pipelines.pipeline.checks import FAILURE_RATE_CHECK, OUTPUT_VALID_CHECK, ROWS_CHECK
 from batch_pipelines.pipeline.component import BatchPipelineComponent
 from batch_pipelines.pipeline.factory import BatchPipeline, CancelPartitionsConfig, build_batch_pipeline
+from batch_pipelines.pipeline.ledger import REUSE_RUN_TAG
 from batch_pipelines.pipeline.options import PipelineOptions
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.pipeline.sensor import build_batch_sensor
@@ -23,6 +24,7 @@ from batch_pipelines.pipeline.sensor import build_batch_sensor
 __all__ = [
     "FAILURE_RATE_CHECK",
     "OUTPUT_VALID_CHECK",
+    "REUSE_RUN_TAG",
     "ROWS_CHECK",
     "BatchPipeline",
     "BatchPipelineComponent",

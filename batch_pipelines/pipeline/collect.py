@@ -8,11 +8,9 @@ way, after a delay, without spending an attempt of its rows. The final materiali
 whole table, every row once, with counts, tokens, cost and checks.
 """
 
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -26,7 +24,7 @@ from batch_pipelines.pipeline.metadata import results_preview
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.pipeline.runtime import PipelineRuntime
 from batch_pipelines.providers import Batch, BatchProvider, ResultFiles, poll_batches
-from batch_pipelines.requests import FINGERPRINT_COLUMN, RequestManifest, RequestValidationError, build_request_files
+from batch_pipelines.requests import RequestValidationError
 from batch_pipelines.submission import PartitionFolder, SubmittedBatch, partition_lock
 
 __all__ = ["collect_results"]
@@ -52,7 +50,15 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
             f"the source changed since; materialize {rt.name}_requests and {rt.name}_batch again"
         )
     ids = _results.manifest_custom_ids(first, source.index)
-    current_fingerprints = _current_fingerprints(rt, resource, source)
+    try:
+        current_fingerprints = _results.current_fingerprints(
+            source, rt.spec, first, profile=resource.profile, policy=rt.options.policy,
+            max_requests_per_shard=rt.options.max_requests_per_shard,
+        )  # fmt: skip
+    except RequestValidationError as exc:
+        raise dg.Failure(description=f"the source no longer makes valid requests: {exc}", allow_retries=False) from None
+    store = rt.reuse_store(resource, context.instance)
+    answers = _Answers(store)
     blocking = rt.options.blocking
     with resource.get_provider() as provider, rt.watching(context, provider, partition) as watched:
         while True:
@@ -65,7 +71,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
                     return  # the sensor tracks the new batches and launches this asset again
                 continue
             joined = [
-                _join_attempt(context, resource, provider, rt, source, ids, current_fingerprints, folder, current, batches, attempt)
+                _join_attempt(context, resource, provider, rt, source, ids, current_fingerprints, answers, folder, current, batches, attempt)
                 for attempt in range(1, current.attempt + 1)
             ]
             frames = [frame for frame, _ in joined]
@@ -83,8 +89,10 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
             submitter = rt.submitter(context, resource, provider, partition)
             with partition_lock(folder.lock_path):
                 retry = _results.build_retry_requests(
-                    plan, source, ids, rt.spec, folder.attempt(plan.attempt), profile=resource.profile, policy=rt.options.policy
-                )
+                    plan, source, ids, rt.spec, folder.attempt(plan.attempt), profile=resource.profile, policy=rt.options.policy,
+                    send_once=rt.send_once(context, resource),
+                )  # fmt: skip
+                rt.check_budget(resource, retry, spent=summary.cost or 0.0)
                 records = [s.record for s in submitter.submit(retry, asset=rt.results_key.to_user_string())]
             context.log_event(
                 dg.AssetObservation(
@@ -104,6 +112,8 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
             if not blocking:
                 return  # the sensor tracks the retry and launches this asset again when it is done
 
+    if store is not None:
+        store.record(_results.fresh_answers(frame, _results.answer_columns(frame, source.columns)))
     metadata: dict[str, Any] = {
         **summary.to_metadata(),
         "attempts": current.attempt,
@@ -131,6 +141,7 @@ def _join_attempt(
     source: pd.DataFrame,
     ids: pd.Series,
     fingerprints: np.ndarray,
+    answers: "_Answers",
     folder: PartitionFolder,
     current: Round,
     batches: Mapping[str, Batch],
@@ -144,20 +155,14 @@ def _join_attempt(
     # A shard submitted again after a full queue: its latest batch is the one that ran.
     by_shard = {b.shard: batches[b.batch_id] for b in current.batches if b.attempt == attempt}
     files = [_download(context, resource, provider, batch, folder) for batch in by_shard.values()]
-    sent = manifest.read_ids()
-    if attempt == 1:  # built from the whole source: every row was sent or rejected
-        rows = pd.Series(True, index=ids.index)
-    else:
-        rows = ids.isin(set(sent["custom_id"]) | {r.custom_id for r in manifest.rejected})
-    joined = _results.join_results(
-        source[rows],
-        ids[rows],
-        files,
-        endpoint=manifest.endpoint,
+    joined = _results.join_attempt(
+        source, ids, fingerprints, manifest, files,
+        by_shard=by_shard,
+        recorded={b.shard: b.fingerprint for b in current.batches if b.attempt == attempt},
+        provider=resource.provider,
+        known=answers.known,
         output_model=rt.spec.output_model,
-        rejected=manifest.rejected,
-        attempt=attempt,
-    )
+    )  # fmt: skip
     if not joined.anomalies.clean:
         found = joined.anomalies
         context.log.warning(
@@ -165,45 +170,20 @@ def _join_attempt(
             f"{found.duplicate_lines} duplicates (e.g. {found.duplicate_examples[:3]}), "
             f"{found.unknown_lines} with an unknown custom_id (e.g. {found.unknown_examples[:3]})"
         )
-    frame = _results.apply_batch_fates(joined.frame, sent, by_shard)
-    sent_fingerprints = frame["custom_id"].map(_sent_fingerprints(manifest, sent, current, attempt, resource.provider)).to_numpy(dtype=object)
-    return _results.mark_stale(frame, sent_fingerprints, fingerprints[np.flatnonzero(rows.to_numpy())]), joined.anomalies
+    return joined.frame, joined.anomalies
 
 
-def _sent_fingerprints(
-    manifest: RequestManifest, sent: pd.DataFrame, current: Round, attempt: int, provider: str
-) -> dict[str, str | None]:
-    """custom_id -> the fingerprint its request was sent with, for the rows of ``attempt``.
+class _Answers:
+    """The reuse store's answers, read once per results run and only if a row was held back."""
 
-    The request files on disk are what was sent only while each shard's fingerprint is the one its
-    batch recorded: files rebuilt since (the source or the spec changed, the batch not submitted
-    again) say nothing of what the batch answered, so their rows count as changed ("").
-    """
-    if FINGERPRINT_COLUMN not in sent.columns:  # an id map written before fingerprints: trusted as before
-        return {}
-    recorded = {b.shard: b.fingerprint for b in current.batches if b.attempt == attempt}
-    rewritten = {
-        index for index, shard in enumerate(manifest.shards)
-        if recorded.get(index) not in (None, shard.fingerprint(provider, manifest.endpoint))
-    }  # fmt: skip
-    values = sent[FINGERPRINT_COLUMN].where(~sent["shard"].isin(rewritten), "")
-    return dict(zip(sent["custom_id"], values))
+    def __init__(self, store: _results.ReuseStore | None) -> None:
+        self.store = store
+        self._known: _results.KnownAnswers | None = None
 
-
-def _current_fingerprints(rt: PipelineRuntime, resource: BatchProviderResource, source: pd.DataFrame) -> np.ndarray:
-    """Each source row's request fingerprint as its content is now (None where it cannot become a request)."""
-    out = np.full(len(source), None, dtype=object)
-    with tempfile.TemporaryDirectory(prefix="bp-fingerprints-") as scratch:
-        try:
-            manifest = build_request_files(
-                source, rt.spec, Path(scratch), profile=resource.profile, policy=rt.options.policy,
-                max_requests_per_shard=rt.options.max_requests_per_shard,
-            )  # fmt: skip
-        except RequestValidationError as exc:
-            raise dg.Failure(description=f"the source no longer makes valid requests: {exc}", allow_retries=False) from None
-        built = manifest.read_ids()
-        out[built["row"].to_numpy()] = built[FINGERPRINT_COLUMN].to_numpy(dtype=object)
-    return out
+    def known(self) -> _results.KnownAnswers | None:
+        if self.store is not None and self._known is None:
+            self._known = self.store.known()
+        return self._known
 
 
 def _download(

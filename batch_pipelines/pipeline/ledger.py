@@ -27,6 +27,7 @@ __all__ = [
     "ATTEMPT_RUN_TAG",
     "ROUND_KEY",
     "Round",
+    "REUSE_RUN_TAG",
     "batches_metadata",
     "control_metadata",
     "first_built",
@@ -45,6 +46,8 @@ ROUND_KEY = "batch_pipelines/round"
 #: Run tags of the results runs the sensor launches.
 PIPELINE_RUN_TAG = "batch_pipelines/pipeline"
 ATTEMPT_RUN_TAG = "batch_pipelines/attempt"
+#: Run tag that bypasses the reuse of answers for one run (a full resend): ``"off"``.
+REUSE_RUN_TAG = "batch_pipelines/reuse"
 
 #: Event records read per query; more wait for the next query or tick.
 PAGE = 1000

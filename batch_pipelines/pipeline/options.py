@@ -14,7 +14,7 @@ from typing import Literal
 
 import dagster as dg
 
-from batch_pipelines.results import DEFAULT_MAX_ATTEMPTS
+from batch_pipelines.results import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETENTION_DAYS
 from batch_pipelines.submission.tags import MAX_USER_TAGS
 
 __all__ = ["DEFAULT_OPTIONS", "DEFAULT_RESOURCE_KEY", "BatchTags", "PipelineOptions"]
@@ -44,6 +44,13 @@ class PipelineOptions:
     #: Cancel the in-flight batches of a partition when its request files are rebuilt with other
     #: content (a new prompt, corrected rows): their answers would be stale.
     cancel_superseded: bool = True
+    #: Pay once per request: a row whose request (same content, see ``request_fingerprint``) was
+    #: answered in an earlier round of this pipeline, in any partition, or is asked by another row
+    #: of the same submission, is not sent; it gets that answer (``reused`` in the results). One run
+    #: can bypass it (a full resend) with the run tag ``batch_pipelines/reuse: "off"``.
+    reuse: bool = True
+    #: Days an answer stays reusable; older ones are deleted from the reuse store.
+    reuse_retention_days: float = DEFAULT_RETENTION_DAYS
     #: The failure-rate check fails above this share of rows.
     failure_rate_threshold: float = 0.05
     #: Poll inside the run (small jobs, tests): materialize the three assets together; no sensor is built.
@@ -80,6 +87,8 @@ class PipelineOptions:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if not 0 <= self.failure_rate_threshold <= 1:
             raise ValueError(f"failure_rate_threshold must be within [0, 1], got {self.failure_rate_threshold}")
+        if self.reuse_retention_days <= 0:
+            raise ValueError(f"reuse_retention_days must be positive, got {self.reuse_retention_days}")
         if self.max_cost_per_partition_usd is not None and self.max_cost_per_partition_usd < 0:
             raise ValueError(f"max_cost_per_partition_usd must be >= 0, got {self.max_cost_per_partition_usd}")
         if isinstance(self.batch_tags, Mapping) and len(self.batch_tags) > MAX_USER_TAGS:

@@ -17,7 +17,7 @@ import dagster as dg
 import pandas as pd
 
 from batch_pipelines.pipeline.blocking import cancel_if_stopped, wait_for_batches
-from batch_pipelines.pipeline.ledger import BATCHES_KEY, batches_metadata, control_metadata, first_built, load_round
+from batch_pipelines.pipeline.ledger import BATCHES_KEY, REUSE_RUN_TAG, batches_metadata, control_metadata, first_built, load_round
 from batch_pipelines.pipeline.metadata import first_requests, rejected_preview
 from batch_pipelines.pipeline.options import PipelineOptions
 from batch_pipelines.pipeline.resource import BatchProviderResource
@@ -28,15 +28,26 @@ from batch_pipelines.requests import (
     RequestManifest,
     RequestSpec,
     RequestValidationError,
+    SendOnce,
     build_request_files,
     estimate_requests,
 )
-from batch_pipelines.results import Prices
-from batch_pipelines.submission import PartitionFolder, Submitter, cancel_superseded, partition_lock, partition_of_tag, partition_tag
+from batch_pipelines.results import Prices, ReuseStore
+from batch_pipelines.submission import (
+    PartitionFolder,
+    Submitter,
+    cancel_superseded,
+    partition_lock,
+    partition_of_tag,
+    partition_tag,
+    reuse_dir,
+)
 
 __all__ = ["PipelineRuntime"]
 
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
+#: Values of the reuse run tag that bypass reuse for the run.
+_OFF = frozenset({"off", "false", "no", "0"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,19 @@ class PipelineRuntime:
 
     def manifest(self, folder: PartitionFolder, attempt: int) -> RequestManifest:
         return RequestManifest.read(folder.attempt(attempt) / MANIFEST_NAME)
+
+    def reuse_store(self, resource: BatchProviderResource, instance: dg.DagsterInstance) -> ReuseStore | None:
+        """The pipeline's store of answers bought (None when the pipeline does not reuse answers)."""
+        if not self.options.reuse:
+            return None
+        return ReuseStore(reuse_dir(resource.storage_root(instance), self.name), retention_days=self.options.reuse_retention_days)
+
+    def send_once(self, context: Context, resource: BatchProviderResource) -> SendOnce | None:
+        """What a build of this run holds back: requests answered already, or repeated (None: send every row)."""
+        store = self.reuse_store(resource, context.instance)
+        if store is None or context.run.tags.get(REUSE_RUN_TAG, "").strip().lower() in _OFF:
+            return None
+        return SendOnce(store.known())
 
     def since(self, instance: dg.DagsterInstance, partition: str | None) -> float | None:
         """How far back the partition's batches can reach at the provider."""
@@ -99,6 +123,7 @@ class PipelineRuntime:
         partition = context.partition_key if context.has_partition_key else None
         folder = self.folder(resource, context.instance, partition)
         out_dir = folder.attempt(1)
+        send_once = self.send_once(context, resource)
         try:
             # Under the partition's lock: a submit reading these files never sees them half rewritten.
             with partition_lock(folder.lock_path):
@@ -110,6 +135,7 @@ class PipelineRuntime:
                     policy=self.options.policy,
                     attempt=1,
                     max_requests_per_shard=self.options.max_requests_per_shard,
+                    send_once=send_once,
                 )
         except RequestValidationError as exc:
             raise dg.Failure(
@@ -122,6 +148,8 @@ class PipelineRuntime:
             "rows": manifest.rows,
             "requests": manifest.requests,
             "rejected_rows": len(manifest.rejected),
+            "rows_reused": manifest.held_back,
+            "reuse": "on" if send_once is not None else ("off for this run" if self.options.reuse else "off"),
             "shards": len(manifest.shards),
             "bytes": sum(s.bytes for s in manifest.shards),
             "fingerprints": dg.MetadataValue.json(fingerprints),
@@ -211,20 +239,24 @@ class PipelineRuntime:
             metadata["budget_usd"] = dg.MetadataValue.float(budget)
         return metadata
 
-    def check_budget(self, resource: BatchProviderResource, manifest: RequestManifest) -> None:
-        """Refuse, before anything is uploaded, a submission whose cost may exceed the budget."""
+    def check_budget(self, resource: BatchProviderResource, manifest: RequestManifest, *, spent: float = 0.0) -> None:
+        """Refuse, before anything is uploaded, a submission whose cost may take the partition over its budget.
+
+        ``spent`` is what the partition's round has cost so far (a retry's earlier attempts).
+        """
         budget = self.budget(resource)
-        if budget is None:
+        if budget is None or not manifest.requests:
             return
         tokens, prices, cost = self.estimate(resource, manifest)
         if prices is None:
             why = f"no price is known for model {self.spec.model!r}: set the resource's input and output prices"
         elif cost is None:
             why = "the answers' length is not bounded: set max_tokens (or max_completion_tokens) in the request body"
-        elif cost > budget:
+        elif cost + spent > budget:
+            so_far = f", after {spent:.6g} USD spent on earlier attempts" if spent else ""
             why = (
                 f"the estimated cost is {cost:.6g} USD ({tokens.requests} requests, about {tokens.input_tokens} input "
-                f"and at most {tokens.max_output_tokens} output tokens, {prices.source} prices), over the budget"
+                f"and at most {tokens.max_output_tokens} output tokens, {prices.source} prices){so_far}, over the budget"
             )
         else:
             return

@@ -154,7 +154,7 @@ def build_batch_sensor(
         for group in cursor.groups:
             if any(b.id in changed for b in group.batches):
                 events.append(_progress(batch_key, group))
-            if group.done and max(b.hold_until for b in group.batches) <= now:
+            if group.done and max((b.hold_until for b in group.batches), default=0.0) <= now:
                 runs.append(_results_run(name, results_key, group))
             else:
                 remaining.append(group)

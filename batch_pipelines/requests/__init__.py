@@ -24,6 +24,9 @@ Modules, each importing only those listed before it:
 - ``problems``: :class:`Problem`, :class:`RejectedRow`, :class:`RequestValidationError`
 - ``custom_ids``: a row's custom_id from its key
 - ``row_report``: the row problems one build has found
+- ``fingerprints``: a request line's content fingerprint
+- ``send_once``: which lines a build holds back (answered already, or repeated)
+- ``source_digest``: whether a source is still the one request files were built from
 - ``shards``: :class:`Shard` files within limits, and the id map
 - ``manifest``: :class:`RequestManifest`
 - ``template_lines``, ``function_lines``: rows into lines, per kind of spec
@@ -38,10 +41,15 @@ from batch_pipelines.requests.manifest import IDS_NAME, MANIFEST_NAME, RequestMa
 from batch_pipelines.requests.media import MediaFile, MediaPart, MediaUploader
 from batch_pipelines.requests.problems import Problem, ProblemCode, RejectedRow, RequestValidationError
 from batch_pipelines.requests.schema import strict_json_schema
+from batch_pipelines.requests.send_once import HELD_BACK, AnswerLookup, SendOnce
+from batch_pipelines.requests.source_digest import source_digest
 from batch_pipelines.requests.shards import Shard
 from batch_pipelines.requests.spec import RequestSpec
 
 __all__ = [
+    "HELD_BACK",
+    "AnswerLookup",
+    "SendOnce",
     "BYTES_PER_TOKEN",
     "FINGERPRINT_COLUMN",
     "RequestEstimate",
@@ -61,5 +69,6 @@ __all__ = [
     "Shard",
     "build_request_files",
     "custom_ids",
+    "source_digest",
     "strict_json_schema",
 ]

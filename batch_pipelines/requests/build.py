@@ -23,7 +23,10 @@ from batch_pipelines.requests.manifest import IDS_NAME, MANIFEST_NAME, RequestMa
 from batch_pipelines.requests.media import MediaUploader
 from batch_pipelines.requests.problems import Problem, RequestValidationError, row_problem
 from batch_pipelines.requests.row_report import Policy, RowReport
-from batch_pipelines.requests.shards import SHARD_GLOB, Chunk, Limits, ShardWriter, drop_lines
+from batch_pipelines.requests.fingerprints import line_fingerprints
+from batch_pipelines.requests.send_once import SendOnce
+from batch_pipelines.requests.source_digest import source_digest
+from batch_pipelines.requests.shards import SHARD_GLOB, Chunk, HeldLines, Limits, ShardWriter, drop_lines
 from batch_pipelines.requests.spec import RequestSpec
 from batch_pipelines.requests.template_lines import TemplateLines
 from batch_pipelines.requests.values import CellError, dumps, is_missing, key_text, not_json
@@ -51,6 +54,7 @@ def build_request_files(
     media_refs: MutableMapping[str, str] | None = None,
     size_margin: float = SIZE_MARGIN,
     max_requests_per_shard: int | None = None,
+    send_once: SendOnce | None = None,
 ) -> RequestManifest:
     """Validate ``df`` against ``spec`` and ``profile`` and write its requests as JSONL shards.
 
@@ -70,6 +74,10 @@ def build_request_files(
     reference, e.g. a previous manifest's) spares uploads already done and is updated in place, so
     a caller's dict keeps what was uploaded even when the build then fails. ``attempt`` numbers
     retries; custom_ids stay those of the rows' keys.
+
+    With ``send_once`` (:class:`~batch_pipelines.requests.send_once.SendOnce`) a row whose request
+    already has an answer, or repeats one sent earlier in the build, is held back: in the id map
+    (shard ``HELD_BACK``), in no shard, counted in ``manifest.held_back``.
     """
     if policy not in get_args(Policy):
         raise ValueError(f"policy must be 'fail' or 'quarantine', not {policy!r}")
@@ -105,15 +113,19 @@ def build_request_files(
         lines = FunctionLines(df, spec, profile, report)
     writer = ShardWriter(out_dir, limits, _key_array(keys), out_dir / IDS_NAME, dry=report.failing)
     try:
-        start, size, line_bytes, line_count = 0, _FIRST_CHUNK_ROWS, 0, 0
+        start, size, line_bytes, line_count, held_back = 0, _FIRST_CHUNK_ROWS, 0, 0, 0
         while start < len(df):
             stop = min(start + size, len(df))
             chunk = _within_limits(lines.chunk(start, stop, ids), limits, report)
             if report.failing:
                 writer.abort()  # and go on checking, so the error counts every problem
-            writer.write(chunk)
             line_count += len(chunk.ends)
             line_bytes += int(chunk.ends[-1]) if len(chunk.ends) else 0
+            held = None
+            if send_once is not None and not report.failing and len(chunk.ends):
+                chunk, held = _hold_back(chunk, send_once)
+                held_back += len(held.rows) if held is not None else 0
+            writer.write(chunk, held)
             size = max(1, _CHUNK_BYTES * line_count // line_bytes) if line_bytes else size
             start = stop
         written = writer.close()
@@ -132,11 +144,13 @@ def build_request_files(
         requests=sum(s.rows for s in shards),
         shards=shards,
         rejected=report.rejected(ids),
+        held_back=held_back,
+        source_digest=source_digest(df, spec, profile),
         ids_path=writer.ids_path if writer.wrote_ids else None,
         media_refs=dict(refs),
     )
-    if manifest.requests + len(manifest.rejected) != len(df):
-        raise AssertionError(f"{manifest.requests} sent + {len(manifest.rejected)} rejected != {len(df)} rows")
+    if manifest.requests + len(manifest.rejected) + held_back != len(df):
+        raise AssertionError(f"{manifest.requests} sent + {len(manifest.rejected)} rejected + {held_back} held back != {len(df)} rows")
     manifest.write(out_dir / MANIFEST_NAME)
     return manifest
 
@@ -186,6 +200,17 @@ def _within_limits(chunk: Chunk, limits: Limits, report: RowReport) -> Chunk:
             what = f"{chunk.weights[i]} embedding inputs, over {limits.inputs} per file"  # type: ignore[index]
         report.row("too_large", f"request is {what}", int(chunk.rows[i]))
     return drop_lines(chunk, big | many)
+
+
+def _hold_back(chunk: Chunk, send_once: SendOnce) -> tuple[Chunk, HeldLines | None]:
+    """The chunk's lines to send, and those held back (None: none)."""
+    fingerprints = line_fingerprints(chunk.data, chunk.ends, chunk.ids)
+    chunk = chunk._replace(fingerprints=fingerprints)
+    held = send_once.hold_back(fingerprints)
+    if not held.any():
+        return chunk, None
+    mask = pa.array(held)
+    return drop_lines(chunk, held), HeldLines(chunk.rows[held], chunk.ids.filter(mask), fingerprints.filter(mask))
 
 
 def _key_array(keys: pd.Series) -> pa.Array:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-__all__ = ["FINGERPRINT_COLUMN", "line_fingerprints"]
+__all__ = ["FINGERPRINT_COLUMN", "fingerprint_keys", "line_fingerprints"]
 
 #: The id map's column, and the results' column, holding each row's fingerprint.
 FINGERPRINT_COLUMN = "request_fingerprint"
@@ -34,3 +34,22 @@ def line_fingerprints(data: memoryview, ends: np.ndarray, ids: pa.Array) -> pa.A
     digest = xxhash.xxh3_128_hexdigest
     lines = data.toreadonly()  # xxhash takes only read-only buffers
     return pa.array([digest(lines[b:e]) for b, e in zip(begin.tolist(), stop.tolist())], pa.string())
+
+
+def fingerprint_keys(fingerprints: pa.Array) -> np.ndarray:
+    """The first 64 bits of each fingerprint as an unsigned integer: numpy sorts and searches those
+    without a Python object per row. Equal fingerprints have equal keys; a lookup by key confirms
+    a match on the whole fingerprint before trusting it (two in 2**64 may share a key)."""
+    array = fingerprints.combine_chunks() if isinstance(fingerprints, pa.ChunkedArray) else fingerprints
+    array = array.cast(pa.string())
+    n = len(array)
+    if not n:
+        return np.zeros(0, dtype=np.uint64)
+    if array.null_count:
+        raise ValueError("fingerprints must not be null")
+    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset : array.offset + n + 1]
+    if not np.all(np.diff(offsets) == 32):
+        raise ValueError("fingerprints must be 32 hexadecimal digits")
+    digits = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].reshape(n, 32)[:, :16]
+    return np.frombuffer(bytes.fromhex(digits.tobytes().decode("ascii")), dtype=">u8").astype(np.uint64)
+

@@ -21,8 +21,8 @@ IDS_NAME = "ids.parquet"
 class RequestManifest(BaseModel):
     """What build_request_files wrote: shards, rejected rows and the custom_id map.
 
-    Every one of the ``rows`` source rows is either in a shard (``requests`` in all) or in
-    ``rejected``. The custom_id map (custom_id, key, row, shard of each request) is a Parquet file
+    Every one of the ``rows`` source rows is in a shard (``requests`` in all), in ``rejected``, or
+    held back (``held_back``). The custom_id map (custom_id, key, row, shard of each request) is a Parquet file
     beside the manifest (``ids_path``, read with :meth:`read_ids`) to stay small for millions of rows.
     """
 
@@ -36,6 +36,11 @@ class RequestManifest(BaseModel):
     requests: int
     shards: list[Shard]
     rejected: list[RejectedRow] = Field(default_factory=list)
+    #: Rows whose request was not sent: an answer to the same request exists, or another row asks
+    #: it in this build (in the id map with shard ``HELD_BACK``; see :mod:`.send_once`).
+    held_back: int = 0
+    #: What the build read (see :mod:`.source_digest`): equal digests, equal fingerprints. None: unknown.
+    source_digest: str | None = None
     ids_path: Path | None = None
     #: sha256 of media content -> the reference it was uploaded as; pass back to reuse on retries.
     media_refs: dict[str, str] = Field(default_factory=dict)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from batch_pipelines.requests.fingerprints import FINGERPRINT_COLUMN, line_fingerprints
+from batch_pipelines.requests.send_once import HELD_BACK
 
 SHARD_NAME = "shard-{:05d}.jsonl"
 SHARD_GLOB = "shard-*.jsonl"
@@ -39,6 +40,15 @@ class Chunk(NamedTuple):
     ends: np.ndarray  # end offset of each line in data (int64)
     ids: pa.Array  # custom_id of each line
     weights: np.ndarray | None = None  # embedding inputs per line; None: one each
+    fingerprints: pa.Array | None = None  # of each line, when the build needed them already
+
+
+class HeldLines(NamedTuple):
+    """Lines of a chunk not sent (see :mod:`.send_once`): in the id map all the same, shard HELD_BACK."""
+
+    rows: np.ndarray
+    ids: pa.Array
+    fingerprints: pa.Array
 
 
 class Shard(BaseModel):
@@ -64,18 +74,18 @@ class Shard(BaseModel):
 
 
 def drop_lines(chunk: Chunk, drop: np.ndarray) -> Chunk:
-    """``chunk`` without the lines where ``drop`` is True (rare: the lines are copied)."""
+    """``chunk`` without the lines where ``drop`` is True (the kept lines' bytes are copied, in numpy)."""
     keep = ~drop
-    ends = chunk.ends
-    starts = np.concatenate(([0], ends[:-1]))
-    sizes = ends - starts
-    data = b"".join(chunk.data[s:e] for s, e in zip(starts[keep], ends[keep]))
+    sizes = np.diff(chunk.ends, prepend=0)
+    data = np.frombuffer(chunk.data, dtype=np.uint8)[np.repeat(keep, sizes)].tobytes()
+    mask = pa.array(keep)
     return Chunk(
         rows=chunk.rows[keep],
         data=memoryview(data),
         ends=np.cumsum(sizes[keep]),
-        ids=chunk.ids.filter(pa.array(keep)),
+        ids=chunk.ids.filter(mask),
         weights=chunk.weights[keep] if chunk.weights is not None else None,
+        fingerprints=chunk.fingerprints.filter(mask) if chunk.fingerprints is not None else None,
     )
 
 
@@ -125,8 +135,9 @@ class ShardWriter:
     def wrote_ids(self) -> bool:
         return self._ids is not None
 
-    def write(self, chunk: Chunk) -> None:
-        if self.dry or not len(chunk.ends):
+    def write(self, chunk: Chunk, held: HeldLines | None = None) -> None:
+        """Write ``chunk``'s lines; ``held`` lines (not sent) go into the id map only."""
+        if self.dry or not (len(chunk.ends) or held is not None):
             return
         pieces, shard_of = self._cut(chunk)
         columns = {
@@ -136,7 +147,7 @@ class ShardWriter:
             "shard": pa.array(shard_of, pa.int32()),
         }
         self._wait()
-        self._pending = self._pool.submit(self._apply, pieces, columns, chunk)
+        self._pending = self._pool.submit(self._apply, pieces, columns, chunk, held)
 
     def _cut(self, chunk: Chunk) -> tuple[list[_Piece], np.ndarray]:
         """The chunk's lines as pieces of shards, and the shard of every line."""
@@ -175,9 +186,14 @@ class ShardWriter:
             i += k
         return pieces, shard_of
 
-    def _apply(self, pieces: list[_Piece], columns: dict[str, pa.Array], chunk: Chunk) -> None:
+    def _apply(self, pieces: list[_Piece], columns: dict[str, pa.Array], chunk: Chunk, held: HeldLines | None) -> None:
         # Hashed here, in the writer's thread, while the caller builds the next chunk.
-        table = pa.table({**columns, FINGERPRINT_COLUMN: line_fingerprints(chunk.data, chunk.ends, chunk.ids)})
+        fingerprints = chunk.fingerprints
+        if fingerprints is None:
+            fingerprints = line_fingerprints(chunk.data, chunk.ends, chunk.ids)
+        table = pa.table({**columns, FINGERPRINT_COLUMN: fingerprints})
+        if held is not None:
+            table = pa.concat_tables([table, self._held_table(held)])
         for piece in pieces:
             if piece.rows:
                 if self._file is None:
@@ -194,6 +210,15 @@ class ShardWriter:
         if self._ids is None:
             self._ids = pq.ParquetWriter(self.ids_path, table.schema, use_dictionary=["shard"], write_statistics=False)
         self._ids.write_table(table)
+
+    def _held_table(self, held: HeldLines) -> pa.Table:
+        return pa.table({
+            "custom_id": held.ids.cast(pa.string()),
+            "key": self.keys.take(pa.array(held.rows)),
+            "row": pa.array(held.rows, pa.int64()),
+            "shard": pa.array(np.full(len(held.rows), HELD_BACK), pa.int32()),
+            FINGERPRINT_COLUMN: held.fingerprints.cast(pa.string()),
+        })  # fmt: skip
 
     def _close_file(self) -> None:
         if self._file is None:

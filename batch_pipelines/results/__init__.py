@@ -27,10 +27,14 @@ How the modules stack (each imports only those above it):
 - :mod:`.line_table`: files read a chunk at a time into columns (or one record at a time);
 - :mod:`.anomalies`, :mod:`.structured_output`, :mod:`.summary`: what the join reports and adds;
 - :mod:`.join`: lines matched to rows in one hash pass, taken to source order;
-- :mod:`.retry`, :mod:`.merge`: the next attempt and the final outcome across attempts.
+- :mod:`.retry`, :mod:`.merge`: the next attempt and the final outcome across attempts;
+- :mod:`.staleness`: answers kept only for the content that was sent;
+- :mod:`.reuse_store`, :mod:`.reuse`: answers already bought, and the rows held back given them;
+- :mod:`.attempt`: one attempt joined, checked against the current content, held-back rows filled.
 """
 
 from batch_pipelines.results.anomalies import ResultAnomalies
+from batch_pipelines.results.attempt import current_fingerprints, join_attempt, sent_fingerprints
 from batch_pipelines.results.batch_fates import apply_batch_fates
 from batch_pipelines.results.body_readers import ANTHROPIC_MESSAGES, TOKEN_COLUMNS
 from batch_pipelines.results.join import JoinedResults, join_results, manifest_custom_ids
@@ -42,9 +46,22 @@ from batch_pipelines.results.retry import DEFAULT_MAX_ATTEMPTS, RetryPlan, build
 from batch_pipelines.results.structured_output import OUTPUT_PREFIX
 from batch_pipelines.results.staleness import STALE_CODE, mark_stale
 from batch_pipelines.results.prices import table_prices
+from batch_pipelines.results.reuse import REUSED_COLUMN, UNAVAILABLE_CODE, answer_columns, fill_held_back, fresh_answers
+from batch_pipelines.results.reuse_store import DEFAULT_RETENTION_DAYS, KnownAnswers, ReuseStore
 from batch_pipelines.results.summary import Prices, ResultSummary, summarize
 
 __all__ = [
+    "current_fingerprints",
+    "join_attempt",
+    "sent_fingerprints",
+    "DEFAULT_RETENTION_DAYS",
+    "KnownAnswers",
+    "REUSED_COLUMN",
+    "ReuseStore",
+    "UNAVAILABLE_CODE",
+    "answer_columns",
+    "fill_held_back",
+    "fresh_answers",
     "table_prices",
     "STALE_CODE",
     "mark_stale",

@@ -30,6 +30,7 @@ __all__ = [
     "STALE",
     "SUCCEEDED",
     "Outcome",
+    "REUSED_COLUMN",
 ]
 
 Outcome = Literal["succeeded", "failed", "invalid_output", "expired", "cancelled", "rejected", "missing", "stale"]
@@ -57,3 +58,7 @@ _RANKS: dict[Outcome, tuple[int, int]] = {
 LINE_RANK = np.array([_RANKS[o][0] for o in OUTCOMES], dtype=np.int8)
 #: Indexed by outcome code: ties go to the latest attempt.
 ATTEMPT_RANK = np.array([_RANKS[o][1] for o in OUTCOMES], dtype=np.int8)
+
+#: The results' column beside ``outcome`` saying the row's answer was not paid for this time: it is
+#: the answer to an identical request, sent in this attempt or bought in an earlier round.
+REUSED_COLUMN = "reused"

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from batch_pipelines.profiles import ProviderProfile
 from batch_pipelines.results.anomalies import ResultAnomalies
 from batch_pipelines.results.body_readers import TOKEN_COLUMNS
-from batch_pipelines.results.outcomes import OUTCOMES
+from batch_pipelines.results.outcomes import OUTCOMES, REUSED_COLUMN
 
 __all__ = ["Prices", "ResultSummary", "summarize"]
 
@@ -52,6 +52,8 @@ class ResultSummary(BaseModel):
     rejected: int = 0
     missing: int = 0
     stale: int = 0
+    #: Rows given the answer to an identical request, not paid for again (their tokens are not counted).
+    reused: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -83,7 +85,9 @@ def summarize(
     rows = len(frame)
     if int(counts.sum()) != rows:
         raise RuntimeError(f"outcome counts {counts.to_dict()} do not add up to the {rows} rows")
-    tokens = {name: int(frame[name].sum()) for name in TOKEN_COLUMNS}
+    # Tokens and cost are what this round paid for: a reused row's answer was bought before.
+    paid = ~frame[REUSED_COLUMN].to_numpy(dtype=bool) if REUSED_COLUMN in frame.columns else slice(None)
+    tokens = {name: int(frame[name][paid].sum()) for name in TOKEN_COLUMNS}
     cost = None
     if prices is not None and profile is not None:
         cost = prices.batch_cost(
@@ -93,6 +97,7 @@ def summarize(
     return ResultSummary(
         rows=rows,
         **{outcome: int(counts[outcome]) for outcome in OUTCOMES},
+        reused=int(frame[REUSED_COLUMN].sum()) if REUSED_COLUMN in frame.columns else 0,
         **tokens,
         cost=cost,
         failure_rate=(1 - int(counts["succeeded"]) / rows) if rows else 0.0,

@@ -12,7 +12,7 @@ partition's batches can reach, and gets back which batch runs each shard.
 """
 
 from batch_pipelines.submission.cancel import cancel_partition_batches, cancel_run_batches, cancel_superseded
-from batch_pipelines.submission.layout import PartitionFolder, partition_dir
+from batch_pipelines.submission.layout import PartitionFolder, partition_dir, reuse_dir
 from batch_pipelines.submission.lock import partition_lock
 from batch_pipelines.submission.submitter import Submission, Submitter
 from batch_pipelines.submission.tags import (
@@ -51,4 +51,5 @@ __all__ = [
     "partition_lock",
     "partition_of_tag",
     "partition_tag",
+    "reuse_dir",
 ]

@@ -1,7 +1,9 @@
 """Where one partition's files live: request files per attempt, downloaded results, the lock.
 
 ``<storage root>/<pipeline>/<partition folder>/attempt-<n>/`` holds an attempt's request shards
-and manifest, ``downloads/`` the batches' result files, ``submit.lock`` the partition's lock.
+and manifest, ``downloads/`` the batches' result files, ``submit.lock`` the partition's lock;
+``<storage root>/<pipeline>/_reuse/`` the answers every partition may reuse (no partition folder
+starts with an underscore but the unpartitioned one, ``__all__``).
 Folders are deterministic, so every run of the partition finds what an earlier run wrote.
 """
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from batch_pipelines.submission.tags import UNPARTITIONED
 
-__all__ = ["PartitionFolder", "partition_dir"]
+__all__ = ["PartitionFolder", "partition_dir", "reuse_dir"]
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -27,6 +29,11 @@ def partition_dir(partition: str | None) -> str:
         return partition
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", partition)[:60]
     return f"{slug}-{hashlib.sha256(partition.encode()).hexdigest()[:12]}"
+
+
+def reuse_dir(storage_root: Path, pipeline: str) -> Path:
+    """Where a pipeline's reuse store lives: beside its partitions, shared by all of them."""
+    return Path(storage_root) / pipeline / "_reuse"
 
 
 @dataclass(frozen=True)

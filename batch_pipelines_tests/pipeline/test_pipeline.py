@@ -73,11 +73,21 @@ def test_three_partitions_every_row_once(harness, service):
     for run in h.instance.get_runs():
         assert not [e for e in h.instance.all_logs(run.run_id) if service.api_key in str(e)]
     assert service.api_key not in h.cursor
-    # Nothing left to do: later ticks request nothing; materializing again re-attaches.
+    # Nothing left to do: later ticks request nothing; materializing the finished day again sends
+    # no row (every answer is reused) and its results come back whole, from no batch.
     assert not h.tick().run_requests
     h.submit([DAY])
-    assert h.latest_metadata(h.pipeline.batch_asset, DAY)["reattached"] == 1
+    assert h.latest_metadata(h.pipeline.requests_asset, DAY)["rows_reused"] == 8
+    assert h.latest_metadata(h.pipeline.batch_asset, DAY)["submitted"] == 0
     assert len(service_batches(service)) == 3
+    first = h.results(DAY)
+    tick = h.tick(launch=True)  # a round of no batch is done at once
+    assert [r.partition_key for r in tick.run_requests] == [DAY]
+    assert h.latest_metadata(h.pipeline.results_asset, DAY)["reused"] == 8
+    again = h.results(DAY)
+    assert set(again["outcome"]) == {"succeeded"} and again["reused"].all() and not first["reused"].any()
+    assert again["content"].tolist() == first["content"].tolist()
+    assert again["batch_id"].tolist() == first["batch_id"].tolist()  # the batch that bought each answer
 
 
 def test_backfill_of_twenty_partitions_is_polled_in_one_tick(harness, service):

@@ -7,6 +7,9 @@
   event written) the moment the provider has accepted the first batch, before Dagster records it.
 - ``blocking``: materializes the whole blocking pipeline and waits inside the run; the test
   interrupts it with SIGINT (what terminating a run does to its worker).
+- ``pipeline``: materializes the whole blocking pipeline for the partition, as a run worker of
+  a deployment would; with ``CHILD_SHARED_TEXTS=1`` every day has the same texts (answers one day
+  bought can be reused by another). Exit status 0 when the run succeeded.
 - ``race``: loads the pipeline, prints ``ready``, waits for a line on stdin, then materializes
   ``classify_batch`` in one run; exit status 0 when the run succeeded. Several race to submit one
   partition.
@@ -53,7 +56,7 @@ def start_child(mode: str, base_url: str, storage: Path, partition: str, *, home
 def main(mode: str, base_url: str, storage_dir: str, partition: str) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test that waits too long asks where it is
     instance = dg.DagsterInstance.get()
-    texts = make_texts(int(os.environ.get("CHILD_ROWS", "8")))
+    texts = make_texts(int(os.environ.get("CHILD_ROWS", "8")), _shared_texts if os.environ.get("CHILD_SHARED_TEXTS") else None)
     if mode == "crash":
         harness = Harness(instance, build(source=texts), texts, make_resource(base_url, storage_dir, cls=_DyingResource))
         harness.materialize([harness.pipeline.batch_asset], partition)
@@ -63,12 +66,21 @@ def main(mode: str, base_url: str, storage_dir: str, partition: str) -> int:
         harness = Harness(instance, build(source=texts, blocking=True), texts, resource)
         harness.materialize(harness.assets, partition, raise_on_error=False)
         return 0
+    if mode == "pipeline":
+        resource = make_resource(base_url, storage_dir, poll_interval_seconds=0.05, max_poll_interval_seconds=0.05)
+        harness = Harness(instance, build(source=texts, blocking=True), texts, resource)
+        return 0 if harness.materialize(harness.assets, partition, raise_on_error=False).success else 1
     if mode == "race":
         harness = Harness(instance, build(source=texts), texts, make_resource(base_url, storage_dir))
         print("ready", flush=True)
         sys.stdin.readline()
         return 0 if harness.materialize([harness.pipeline.batch_asset], partition, raise_on_error=False).success else 1
     raise SystemExit(f"unknown mode {mode!r}")
+
+
+def _shared_texts(frame: Any) -> Any:
+    """The day's texts without their day: every partition asks the same questions."""
+    return frame.assign(text=frame["text"].str.replace(r", \d{4}-\d{2}-\d{2}\)$", ")", regex=True))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""One digest of everything a build reads: has the source (or the spec) changed since the request files?
+
+The results check each row's current content against what was sent. Rebuilding every line to
+learn that costs as much as the build itself; when the source and the spec are exactly those the
+request files were built from, the id map's fingerprints are the current ones. The digest hashes
+the spec and the profile's name, then the Arrow buffers of the key and every column the
+templates read (with each array's offset and length: equal buffers and window mean equal
+values). A digest that differs only means "rebuild to know"; it may differ for equal data held
+otherwise in memory, never agree for different data (save a 128-bit collision).
+"""
+
+from __future__ import annotations
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import xxhash
+
+from batch_pipelines.profiles import ProviderProfile
+from batch_pipelines.requests.spec import RequestSpec
+
+__all__ = ["source_digest"]
+
+
+def source_digest(df: pd.DataFrame, spec: RequestSpec, profile: ProviderProfile) -> str | None:
+    """The digest of what building ``df`` with ``spec`` for ``profile`` reads; None when it cannot tell.
+
+    None for a ``build_body`` function (its code may change while its name does not), media
+    parts (their content may live in files) and columns Arrow cannot hold.
+    """
+    if spec.build_body is not None or spec.media:
+        return None
+    digest = xxhash.xxh3_128()
+    described = [profile.name, spec.model_dump(mode="json", exclude={"build_body", "output_model"}), spec.output_format(), len(df)]
+    digest.update(orjson.dumps(described, option=orjson.OPT_SORT_KEYS))
+    values = [df.index] if spec.key_column is None else []
+    values += [df[c] for c in dict.fromkeys([*([spec.key_column] if spec.key_column else []), *spec.columns]) if c in df.columns]
+    for value in values:
+        try:
+            array = pa.array(value, from_pandas=True)
+        except (pa.ArrowException, TypeError, ValueError):
+            return None
+        for chunk in array.chunks if isinstance(array, pa.ChunkedArray) else [array]:
+            digest.update(orjson.dumps([str(chunk.type), chunk.offset, len(chunk)]))
+            for buffer in chunk.buffers():
+                digest.update(b"-" if buffer is None else memoryview(buffer))
+    return digest.hexdigest()

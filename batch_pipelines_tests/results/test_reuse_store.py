@@ -1,0 +1,79 @@
+"""The reuse store: answers by fingerprint in segments any process can add, newest first, with a retention."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from batch_pipelines.requests import FINGERPRINT_COLUMN
+from batch_pipelines.results import ReuseStore
+
+
+def _answers(prints: list[str], content: str, batch: str = "batch_1") -> pd.DataFrame:
+    return pd.DataFrame({FINGERPRINT_COLUMN: prints, "content": [f"{content} {p}" for p in prints], "batch_id": pd.Categorical([batch] * len(prints))})
+
+
+def _write(root: str, prints: list[str], content: str) -> None:
+    ReuseStore(Path(root)).record(_answers(prints, content))
+
+
+def test_answers_are_found_by_fingerprint_and_the_newest_wins(tmp_path):
+    store = ReuseStore(tmp_path)
+    store.record(_answers(["a", "b"], "old"))
+    store.record(_answers(["b", "c"], "new", batch="batch_2"))
+
+    known = store.known()
+    assert len(known) == 3
+    assert known(pa.array(["a", "b", "x"])).tolist() == [True, True, False]
+    found = known.answers(np.array(["b", "a", "x"], dtype=object))
+    assert found.loc["b", "content"] == "new b" and found.loc["b", "batch_id"] == "batch_2"
+    assert found.loc["a", "content"] == "old a" and "x" not in found.index
+
+
+def test_segments_older_than_the_retention_are_ignored_and_deleted(tmp_path):
+    store = ReuseStore(tmp_path, retention_days=1)
+    old = store.record(_answers(["a"], "old"))
+    assert old is not None
+    aged = f"{(time.time_ns() // 1_000_000) - 2 * 86_400_000:013d}-{old.name.split('-', 1)[1]}"
+    old.rename(tmp_path / aged)
+    assert len(store.known()) == 0
+    store.record(_answers(["b"], "new"))
+    assert not (tmp_path / aged).exists() and len(store.known()) == 1
+
+
+def test_a_segment_deleted_after_the_snapshot_only_loses_its_answers(tmp_path):
+    store = ReuseStore(tmp_path)
+    gone = store.record(_answers(["a"], "x"))
+    store.record(_answers(["b"], "y"))
+    known = store.known()
+    os.unlink(gone)  # another worker's retention, between the lookup and the read
+    found = known.answers(np.array(["a", "b"], dtype=object))
+    assert list(found.index) == ["b"]
+
+
+def test_two_processes_write_at_once_and_each_reads_the_other(tmp_path):
+    spawn = multiprocessing.get_context("spawn")
+    workers = [spawn.Process(target=_write, args=(str(tmp_path), [f"{w}-{i}" for i in range(500)], f"w{w}")) for w in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    known = ReuseStore(tmp_path).known()
+    assert len(known) == 1000
+    assert not list(tmp_path.glob(".*.tmp"))  # written under a temporary name, renamed whole
+
+
+def test_bad_settings_and_input_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="retention_days"):
+        ReuseStore(tmp_path, retention_days=0)
+    with pytest.raises(ValueError, match=FINGERPRINT_COLUMN):
+        ReuseStore(tmp_path).record(pd.DataFrame({"content": ["x"]}))
+    assert ReuseStore(tmp_path).record(_answers([], "none")) is None
