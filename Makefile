@@ -63,6 +63,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_requests.py
 	$(BIN)/python benchmarks/bench_results.py
 	$(BIN)/python benchmarks/bench_sensor.py
+	$(BIN)/python benchmarks/bench_reuse.py
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) $(DEMO_HOME) .artifacts .pytest_cache

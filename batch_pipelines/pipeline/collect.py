@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from batch_pipelines import results as _results
 from batch_pipelines.pipeline.checks import evaluate_checks
@@ -24,7 +24,7 @@ from batch_pipelines.pipeline.metadata import results_preview
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.pipeline.runtime import PipelineRuntime
 from batch_pipelines.providers import Batch, BatchProvider, ResultFiles, poll_batches
-from batch_pipelines.requests import RequestValidationError
+from batch_pipelines.requests import RequestManifest, RequestValidationError
 from batch_pipelines.submission import PartitionFolder, SubmittedBatch, partition_lock
 
 __all__ = ["collect_results"]
@@ -71,7 +71,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
                     return  # the sensor tracks the new batches and launches this asset again
                 continue
             joined = [
-                _join_attempt(context, resource, provider, rt, source, ids, current_fingerprints, answers, folder, current, batches, attempt)
+                _join_attempt(context, resource, provider, rt, source, ids, current_fingerprints, answers, first, folder, current, batches, attempt)
                 for attempt in range(1, current.attempt + 1)
             ]
             frames = [frame for frame, _ in joined]
@@ -140,8 +140,9 @@ def _join_attempt(
     rt: PipelineRuntime,
     source: pd.DataFrame,
     ids: pd.Series,
-    fingerprints: np.ndarray,
+    fingerprints: pa.Array,
     answers: "_Answers",
+    first: RequestManifest,
     folder: PartitionFolder,
     current: Round,
     batches: Mapping[str, Batch],
@@ -151,7 +152,7 @@ def _join_attempt(
 
     An answer stays only on a row whose content (``fingerprints``, the source's now) is what was sent.
     """
-    manifest = rt.manifest(folder, attempt)
+    manifest = first if attempt == 1 else rt.manifest(folder, attempt)
     # A shard submitted again after a full queue: its latest batch is the one that ran.
     by_shard = {b.shard: batches[b.batch_id] for b in current.batches if b.attempt == attempt}
     files = [_download(context, resource, provider, batch, folder) for batch in by_shard.values()]

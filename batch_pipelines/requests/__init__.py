@@ -34,7 +34,7 @@ Modules, each importing only those listed before it:
 """
 
 from batch_pipelines.requests.estimate import BYTES_PER_TOKEN, RequestEstimate, estimate_requests
-from batch_pipelines.requests.fingerprints import FINGERPRINT_COLUMN
+from batch_pipelines.requests.fingerprints import FINGERPRINT_COLUMN, fingerprint_keys
 from batch_pipelines.requests.build import SIZE_MARGIN, build_request_files
 from batch_pipelines.requests.custom_ids import custom_ids
 from batch_pipelines.requests.manifest import IDS_NAME, MANIFEST_NAME, RequestManifest
@@ -69,6 +69,7 @@ __all__ = [
     "Shard",
     "build_request_files",
     "custom_ids",
+    "fingerprint_keys",
     "source_digest",
     "strict_json_schema",
 ]

@@ -15,9 +15,10 @@ from typing import get_args
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batch_pipelines.profiles import EMBEDDINGS, ProviderProfile
-from batch_pipelines.requests.custom_ids import row_custom_ids
+from batch_pipelines.requests.custom_ids import CustomIds, row_custom_ids
 from batch_pipelines.requests.function_lines import FunctionLines
 from batch_pipelines.requests.manifest import IDS_NAME, MANIFEST_NAME, RequestManifest
 from batch_pipelines.requests.media import MediaUploader
@@ -25,7 +26,8 @@ from batch_pipelines.requests.problems import Problem, RequestValidationError, r
 from batch_pipelines.requests.row_report import Policy, RowReport
 from batch_pipelines.requests.fingerprints import line_fingerprints
 from batch_pipelines.requests.send_once import SendOnce
-from batch_pipelines.requests.source_digest import source_digest
+from batch_pipelines.requests.previous_build import read_values, unchanged_fingerprints, write_values
+from batch_pipelines.requests.source_digest import source_digest, spec_digest
 from batch_pipelines.requests.shards import SHARD_GLOB, Chunk, HeldLines, Limits, ShardWriter, drop_lines
 from batch_pipelines.requests.spec import RequestSpec
 from batch_pipelines.requests.template_lines import TemplateLines
@@ -93,6 +95,8 @@ def build_request_files(
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    values = read_values(df, spec) if send_once is not None else None
+    prior = unchanged_fingerprints(values, spec, profile, out_dir)  # before the previous build's files go
     for stale in [*out_dir.glob(SHARD_GLOB), out_dir / IDS_NAME, out_dir / MANIFEST_NAME]:
         stale.unlink(missing_ok=True)
 
@@ -116,15 +120,23 @@ def build_request_files(
         start, size, line_bytes, line_count, held_back = 0, _FIRST_CHUNK_ROWS, 0, 0, 0
         while start < len(df):
             stop = min(start + size, len(df))
-            chunk = _within_limits(lines.chunk(start, stop, ids), limits, report)
+            skipped = None
+            if prior is not None and send_once is not None and not report.failing:
+                skipped = _unchanged_and_answered(start, stop, prior, send_once, ids)
+            skip = None
+            if skipped is not None:
+                skip = np.zeros(stop - start, dtype=bool)
+                skip[skipped.rows - start] = True
+            chunk = _within_limits(lines.chunk(start, stop, ids, skip=skip), limits, report)
             if report.failing:
                 writer.abort()  # and go on checking, so the error counts every problem
             line_count += len(chunk.ends)
             line_bytes += int(chunk.ends[-1]) if len(chunk.ends) else 0
             held = None
             if send_once is not None and not report.failing and len(chunk.ends):
-                chunk, held = _hold_back(chunk, send_once)
-                held_back += len(held.rows) if held is not None else 0
+                chunk, held = _hold_back(chunk, send_once, prior)
+            held = _both(skipped, held)
+            held_back += len(held.rows) if held is not None else 0
             writer.write(chunk, held)
             size = max(1, _CHUNK_BYTES * line_count // line_bytes) if line_bytes else size
             start = stop
@@ -146,11 +158,13 @@ def build_request_files(
         rejected=report.rejected(ids),
         held_back=held_back,
         source_digest=source_digest(df, spec, profile),
+        spec_digest=spec_digest(spec, profile),
         ids_path=writer.ids_path if writer.wrote_ids else None,
         media_refs=dict(refs),
     )
     if manifest.requests + len(manifest.rejected) + held_back != len(df):
         raise AssertionError(f"{manifest.requests} sent + {len(manifest.rejected)} rejected + {held_back} held back != {len(df)} rows")
+    write_values(values, out_dir)
     manifest.write(out_dir / MANIFEST_NAME)
     return manifest
 
@@ -202,9 +216,47 @@ def _within_limits(chunk: Chunk, limits: Limits, report: RowReport) -> Chunk:
     return drop_lines(chunk, big | many)
 
 
-def _hold_back(chunk: Chunk, send_once: SendOnce) -> tuple[Chunk, HeldLines | None]:
-    """The chunk's lines to send, and those held back (None: none)."""
-    fingerprints = line_fingerprints(chunk.data, chunk.ends, chunk.ids)
+def _unchanged_and_answered(start: int, stop: int, prior: pa.Array, send_once: SendOnce, ids: CustomIds) -> HeldLines | None:
+    """Rows ``start..stop`` unchanged since the previous build whose request has an answer: held
+    back without making their lines (None: none)."""
+    known = prior.slice(start, stop - start)
+    rows = np.flatnonzero(known.is_valid().to_numpy(zero_copy_only=False))
+    if not len(rows) or send_once.answered is None:
+        return None
+    prints = known.take(pa.array(rows))
+    answered = np.asarray(send_once.answered(prints), dtype=bool)
+    if not answered.any():
+        return None
+    rows = rows[answered]
+    return HeldLines(rows + start, ids.slice(start, stop - start).take(pa.array(rows)), prints.filter(pa.array(answered)))
+
+
+def _both(first: HeldLines | None, second: HeldLines | None) -> HeldLines | None:
+    if first is None or second is None:
+        return first if second is None else second
+    return HeldLines(
+        np.concatenate([first.rows, second.rows]),
+        pa.concat_arrays([first.ids.cast(pa.string()), second.ids.cast(pa.string())]),
+        pa.concat_arrays([first.fingerprints.cast(pa.string()), second.fingerprints.cast(pa.string())]),
+    )
+
+
+def _hold_back(chunk: Chunk, send_once: SendOnce, prior: pa.Array | None) -> tuple[Chunk, HeldLines | None]:
+    """The chunk's lines to send, and those held back (None: none).
+
+    ``prior`` (per source row) spares hashing the lines of rows unchanged since the previous build.
+    """
+    known = prior.take(pa.array(chunk.rows)) if prior is not None else None
+    if known is None or known.null_count == len(known):
+        fingerprints = line_fingerprints(chunk.data, chunk.ends, chunk.ids)
+    else:
+        fresh = np.flatnonzero(known.is_null().to_numpy(zero_copy_only=False))
+        if len(fresh):
+            hashed = line_fingerprints(chunk.data, chunk.ends, chunk.ids, only=fresh)
+            fingerprints = known.combine_chunks() if isinstance(known, pa.ChunkedArray) else known
+            fingerprints = pc.replace_with_mask(fingerprints, pa.array(~known.is_valid().to_numpy(zero_copy_only=False)), hashed)
+        else:
+            fingerprints = known
     chunk = chunk._replace(fingerprints=fingerprints)
     held = send_once.hold_back(fingerprints)
     if not held.any():

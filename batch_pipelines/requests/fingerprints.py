@@ -24,32 +24,39 @@ FINGERPRINT_COLUMN = "request_fingerprint"
 _HEAD = len(b'{"custom_id":"')
 
 
-def line_fingerprints(data: memoryview, ends: np.ndarray, ids: pa.Array) -> pa.Array:
-    """The fingerprint of each line of ``data`` (lines back to back ending at ``ends``, custom_ids ``ids``)."""
+def line_fingerprints(data: memoryview, ends: np.ndarray, ids: pa.Array, only: np.ndarray | None = None) -> pa.Array:
+    """The fingerprint of each line of ``data`` (lines back to back ending at ``ends``, custom_ids ``ids``).
+
+    With ``only`` (line numbers), of those lines alone, in that order.
+    """
     if not len(ends):
         return pa.array([], pa.string())
     starts = np.concatenate(([0], ends[:-1]))
     begin = starts + _HEAD + pc.binary_length(ids).to_numpy(zero_copy_only=False) + 1  # past the id's closing quote
     stop = ends - 1  # before the newline
+    if only is not None:
+        begin, stop = begin[only], stop[only]
     digest = xxhash.xxh3_128_hexdigest
     lines = data.toreadonly()  # xxhash takes only read-only buffers
     return pa.array([digest(lines[b:e]) for b, e in zip(begin.tolist(), stop.tolist())], pa.string())
 
 
-def fingerprint_keys(fingerprints: pa.Array) -> np.ndarray:
-    """The first 64 bits of each fingerprint as an unsigned integer: numpy sorts and searches those
-    without a Python object per row. Equal fingerprints have equal keys; a lookup by key confirms
-    a match on the whole fingerprint before trusting it (two in 2**64 may share a key)."""
+def fingerprint_keys(fingerprints: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Each fingerprint as two unsigned 64-bit integers (its first and last 16 hex digits).
+
+    numpy and pandas sort, search and hash those without a Python object per row; two
+    fingerprints are equal exactly when both halves are.
+    """
     array = fingerprints.combine_chunks() if isinstance(fingerprints, pa.ChunkedArray) else fingerprints
     array = array.cast(pa.string())
     n = len(array)
     if not n:
-        return np.zeros(0, dtype=np.uint64)
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
     if array.null_count:
         raise ValueError("fingerprints must not be null")
     offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset : array.offset + n + 1]
     if not np.all(np.diff(offsets) == 32):
         raise ValueError("fingerprints must be 32 hexadecimal digits")
-    digits = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].reshape(n, 32)[:, :16]
-    return np.frombuffer(bytes.fromhex(digits.tobytes().decode("ascii")), dtype=">u8").astype(np.uint64)
-
+    digits = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+    halves = np.frombuffer(bytes.fromhex(digits.tobytes().decode("ascii")), dtype=">u8").astype(np.uint64).reshape(n, 2)
+    return np.ascontiguousarray(halves[:, 0]), np.ascontiguousarray(halves[:, 1])

@@ -33,7 +33,8 @@ class FunctionLines:
         self.report = report
         self.output_format = spec.output_format()  # once: a schema per row would cost more than the row
 
-    def chunk(self, start: int, stop: int, ids: CustomIds) -> Chunk:
+    def chunk(self, start: int, stop: int, ids: CustomIds, skip: np.ndarray | None = None) -> Chunk:
+        """The lines of rows ``start..stop`` (``skip`` is for template specs: a function's rows are never skipped)."""
         bad = self.report.bad[start:stop]
         lines: list[bytes] = []
         rows: list[int] = []
@@ -41,7 +42,7 @@ class FunctionLines:
         chunk_ids = ids.slice(start, stop - start).to_pylist()
         # to_dict boxes numpy scalars into Python ones; missing values stay NaN/None/NaT.
         for i, record in enumerate(self.df.iloc[start:stop].to_dict("records")):
-            if bad[i]:
+            if bad[i] or (skip is not None and skip[i]):
                 continue
             try:
                 body = self._body(record)

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from batch_pipelines.requests.fingerprints import FINGERPRINT_COLUMN
 from batch_pipelines.requests.problems import RejectedRow
@@ -41,13 +41,31 @@ class RequestManifest(BaseModel):
     held_back: int = 0
     #: What the build read (see :mod:`.source_digest`): equal digests, equal fingerprints. None: unknown.
     source_digest: str | None = None
+    #: The spec and profile the lines were made with (see :mod:`.source_digest`). None: unknown.
+    spec_digest: str | None = None
     ids_path: Path | None = None
     #: sha256 of media content -> the reference it was uploaded as; pass back to reuse on retries.
     media_refs: dict[str, str] = Field(default_factory=dict)
+    _ids: pd.DataFrame | None = PrivateAttr(default=None)
 
     def read_ids(self) -> pd.DataFrame:
         """The custom_id map: columns custom_id, key, row (position in the source), shard (index)
-        and request_fingerprint (see :mod:`.fingerprints`; absent from maps written before it existed)."""
+        and request_fingerprint (see :mod:`.fingerprints`; absent from maps written before it existed).
+
+        Read once per manifest object (a million rows take a while, and the results read the same
+        map more than once): do not modify the frame.
+        """
+        if self._ids is None:
+            self._ids = self._read_ids()
+        return self._ids
+
+    def __eq__(self, other: object) -> bool:
+        """Equal fields (the id map read, if any, is not one)."""
+        if not isinstance(other, RequestManifest):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def _read_ids(self) -> pd.DataFrame:
         if self.ids_path is None:
             return pd.DataFrame({"custom_id": pd.Series(dtype="str"), "key": pd.Series(dtype=object),
                                  "row": pd.Series(dtype="int64"), "shard": pd.Series(dtype="int32"),

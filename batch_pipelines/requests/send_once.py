@@ -26,32 +26,22 @@ AnswerLookup = Callable[[pa.Array], np.ndarray]
 
 
 class SendOnce:
-    """Decides, for one build, which lines go out: the first of each fingerprint with no answer yet.
-
-    Repeats are recognized by the first 64 bits of the fingerprint (:func:`.fingerprint_keys`),
-    in numpy: two distinct requests sharing them (two in 2**64) would hold one back wrongly, and
-    the results, which match answers by the whole fingerprint, would find it unanswered and send
-    it in the next attempt: never a wrong answer.
-    """
+    """Decides, for one build, which lines go out: the first of each fingerprint with no answer yet."""
 
     def __init__(self, answered: AnswerLookup | None = None) -> None:
         self.answered = answered
-        self._sent = np.zeros(0, dtype=np.uint64)  # keys sent so far in this build, sorted
+        self._sent: set[tuple[int, int]] = set()  # fingerprints sent so far in this build, as integer pairs
 
     def hold_back(self, fingerprints: pa.Array) -> np.ndarray:
         """For each line of a chunk, whether it is held back; the others count as sent from now on."""
-        keys = fingerprint_keys(fingerprints)
-        if self.answered is not None and len(keys):
+        if self.answered is not None and len(fingerprints):
             held = np.array(self.answered(fingerprints), dtype=bool)
         else:
-            held = np.zeros(len(keys), dtype=bool)
-        if len(self._sent):
-            at = np.minimum(np.searchsorted(self._sent, keys), len(self._sent) - 1)
-            held |= self._sent[at] == keys
+            held = np.zeros(len(fingerprints), dtype=bool)
         candidates = np.flatnonzero(~held)
-        new, first = np.unique(keys[candidates], return_index=True)  # sorted, each key once
-        repeat = np.ones(len(candidates), dtype=bool)
-        repeat[first] = False
-        held[candidates[repeat]] = True
-        self._sent = np.insert(self._sent, np.searchsorted(self._sent, new), new)
+        high, low = fingerprint_keys(fingerprints.take(pa.array(candidates)))
+        sent, add = self._sent, self._sent.add
+        # Sent before (in this chunk or an earlier one): held; otherwise sent now (add gives None).
+        repeat = [pair in sent or add(pair) for pair in zip(high.tolist(), low.tolist())]
+        held[candidates[np.array(repeat, dtype=bool)]] = True
         return held

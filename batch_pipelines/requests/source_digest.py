@@ -19,7 +19,15 @@ import xxhash
 from batch_pipelines.profiles import ProviderProfile
 from batch_pipelines.requests.spec import RequestSpec
 
-__all__ = ["source_digest"]
+__all__ = ["source_digest", "spec_digest"]
+
+
+def spec_digest(spec: RequestSpec, profile: ProviderProfile) -> str | None:
+    """The digest of what, besides the rows, decides a template build's lines; None as for :func:`source_digest`."""
+    if spec.build_body is not None or spec.media:
+        return None
+    described = [profile.name, spec.model_dump(mode="json", exclude={"build_body", "output_model"}), spec.output_format()]
+    return xxhash.xxh3_128_hexdigest(orjson.dumps(described, option=orjson.OPT_SORT_KEYS))
 
 
 def source_digest(df: pd.DataFrame, spec: RequestSpec, profile: ProviderProfile) -> str | None:
@@ -28,11 +36,11 @@ def source_digest(df: pd.DataFrame, spec: RequestSpec, profile: ProviderProfile)
     None for a ``build_body`` function (its code may change while its name does not), media
     parts (their content may live in files) and columns Arrow cannot hold.
     """
-    if spec.build_body is not None or spec.media:
+    described = spec_digest(spec, profile)
+    if described is None:
         return None
     digest = xxhash.xxh3_128()
-    described = [profile.name, spec.model_dump(mode="json", exclude={"build_body", "output_model"}), spec.output_format(), len(df)]
-    digest.update(orjson.dumps(described, option=orjson.OPT_SORT_KEYS))
+    digest.update(orjson.dumps([described, len(df)]))
     values = [df.index] if spec.key_column is None else []
     values += [df[c] for c in dict.fromkeys([*([spec.key_column] if spec.key_column else []), *spec.columns]) if c in df.columns]
     for value in values:

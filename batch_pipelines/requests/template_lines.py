@@ -74,14 +74,17 @@ class TemplateLines:
         self.slots = list(dict.fromkeys(p for p in parts if isinstance(p, _Slot)))
         self.resolvers = [MediaResolver(part, df[part.column], uploader=uploader, refs=refs) for part in spec.media]
 
-    def chunk(self, start: int, stop: int, ids: CustomIds) -> Chunk:
+    def chunk(self, start: int, stop: int, ids: CustomIds, skip: np.ndarray | None = None) -> Chunk:
+        """The lines of rows ``start..stop``, less bad rows and those ``skip`` marks (not needed)."""
         values = {slot: self._values(slot, start, stop, ids) for slot in self.slots}
         keep = ~self.report.bad[start:stop]  # read after the values: rendering may find problems
+        if skip is not None:
+            keep &= ~skip
+        if not keep.all():  # before the lines are joined: a rebuild may need few of them
+            mask = pa.array(keep)
+            values = {slot: array.filter(mask) for slot, array in values.items()}
         joined = pc.binary_join_element_wise(*[values.get(p, p) for p in self.parts], pa.scalar("", LARGE_TEXT))
         chunk_ids = values[_Slot("id")]
-        if not keep.all():
-            mask = pa.array(keep)
-            joined, chunk_ids = joined.filter(mask), chunk_ids.filter(mask)
         data, ends = lines_of_array(joined)
         return Chunk(np.flatnonzero(keep) + start, data, ends, chunk_ids)
 

@@ -154,12 +154,17 @@ def manifest_custom_ids(manifest: RequestManifest, index: pd.Index) -> pd.Series
     """
     if manifest.rows != len(index):
         raise ValueError(f"the manifest was built from {manifest.rows} rows, not {len(index)}")
-    values = np.full(len(index), None, dtype=object)
     sent = manifest.read_ids()
-    values[sent["row"].to_numpy()] = sent["custom_id"].to_numpy(dtype=object)
-    for r in manifest.rejected:
-        values[r.row] = r.custom_id
-    return pd.Series(values, index=index, dtype="str", name="custom_id")
+    where = np.full(len(index), -1, dtype=np.int64)
+    where[sent["row"].to_numpy()] = np.arange(len(sent))
+    ids = pa.array(sent["custom_id"], from_pandas=True).cast(TEXT).take(pa.array(where, mask=where < 0))
+    if manifest.rejected:
+        named = sorted((r for r in manifest.rejected if r.custom_id is not None), key=lambda r: r.row)
+        at = pa.array(np.array([r.row for r in named], dtype=np.int64))
+        mask = np.zeros(len(index), dtype=bool)
+        mask[at.to_numpy()] = True
+        ids = pc.replace_with_mask(ids, pa.array(mask), pa.array([r.custom_id for r in named], TEXT))
+    return pd.Series(pd.array(ids, dtype="str"), index=index, name="custom_id")
 
 
 def _let_go() -> None:
@@ -302,19 +307,20 @@ def _explain_unanswered(
 ) -> None:
     """Error code and message for rows without a line: why they were rejected, or which corrupt line they lost."""
     missing = np.flatnonzero(codes == MISSING)
+    # Most rows without a line simply have none (a rerun holds back nearly every row): one
+    # assignment for them all; only rows named by a corrupt line are told apart, one by one.
+    set_errors(columns, missing, None, "sent, but absent from both the output and the error files")
     lost = {c.custom_id: c for c in corrupt if c.custom_id is not None}
     rows, error_codes, messages = [], [], []
-    for row, cid in zip(missing.tolist(), ids.take(pa.array(missing)).to_pylist()):
-        line = lost.get(cid)
-        rows.append(row)
-        if line is None:
-            error_codes.append(None)
-            messages.append("sent, but absent from both the output and the error files")
-        else:
+    if lost and len(missing):
+        named = pc.is_in(ids.take(pa.array(missing)), value_set=pa.array(list(lost), ids.type)).to_numpy(zero_copy_only=False)
+        for row in missing[named].tolist():
+            line = lost[ids[row].as_py()]
+            rows.append(row)
             error_codes.append("corrupt_line")
             messages.append(f"its result is line {line.line_no} of {Path(line.path).name}, which is corrupt: {line.message}")
     for row, r in zip(rejected_at.tolist(), rejected):
         rows.append(row)
         error_codes.append(r.reasons[0] if r.reasons else "rejected")
         messages.append(f"rejected before sending: {r.message}")
-    set_errors(columns, rows, error_codes, messages)
+    set_errors(columns, np.array(rows, dtype=np.int64), error_codes, messages)

@@ -1,7 +1,8 @@
 """Answers already bought, by request fingerprint, for every run worker that sees the same folder.
 
-Each results run that received answers adds one segment: a Parquet file of its succeeded rows'
-fingerprints and answer columns, written under a temporary name and renamed into place, so a
+Each results run that received answers adds one segment: an Arrow IPC file of its succeeded rows'
+fingerprints and answer columns (read memory-mapped: a rerun of a million rows takes nearly all of
+them), written under a temporary name and renamed into place, so a
 reader never sees half a segment and writers never contend (no lock: two workers write two
 segments). A segment's name starts with its creation time in milliseconds; segments older than
 the retention are ignored and deleted, so the store does not grow without bound. Where a
@@ -19,66 +20,90 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from batch_pipelines.requests import FINGERPRINT_COLUMN
+from batch_pipelines.requests import FINGERPRINT_COLUMN, fingerprint_keys
 
 __all__ = ["DEFAULT_RETENTION_DAYS", "KnownAnswers", "ReuseStore"]
 
 #: How long an answer stays reusable unless a pipeline says otherwise: about as long as providers
 #: keep a batch's output files (OpenAI 30 days, Anthropic 29).
 DEFAULT_RETENTION_DAYS = 30.0
-_SUFFIX = ".parquet"
+_SUFFIX = ".arrow"
+# The two halves of each fingerprint as integers (see fingerprint_keys): a lookup reads only these.
+_HIGH, _LOW = "fingerprint_high", "fingerprint_low"
 _DAY = 86_400
 
 
 class KnownAnswers:
-    """A snapshot of the store: which fingerprints have an answer, and the answers themselves."""
+    """A snapshot of the store: which fingerprints have an answer, and the answers themselves.
+
+    Fingerprints are looked up as integer pairs (:func:`~batch_pipelines.requests.fingerprint_keys`)
+    in a hash index of their first halves, each match confirmed on the second.
+    """
 
     def __init__(self, segments: Sequence[Path]) -> None:
         self._segments = list(segments)  # newest first
-        parts = []
+        highs, lows, numbers = [], [], []
         for number, path in enumerate(self._segments):
-            column = _read(path, [FINGERPRINT_COLUMN])
-            if column is None:
-                continue
-            fingerprints = column.column(0).to_numpy(zero_copy_only=False)
-            parts.append(pd.DataFrame({"segment": np.int32(number), "row": np.arange(len(fingerprints))}, index=fingerprints))
-        where = pd.concat(parts) if parts else pd.DataFrame({"segment": [], "row": []}, index=pd.Index([], dtype=object))
-        # Newest first, so the first of each fingerprint is its newest answer.
-        self._where = where[~where.index.duplicated(keep="first")]
-        self._index = self._where.index
+            table = _read(path, [_HIGH, _LOW])
+            if table is not None and table.num_rows:
+                highs.append(table.column(_HIGH).to_numpy())
+                lows.append(table.column(_LOW).to_numpy())
+                numbers.append(np.full(table.num_rows, number, dtype=np.int32))
+        high = np.concatenate(highs) if highs else np.zeros(0, dtype=np.uint64)
+        low = np.concatenate(lows) if lows else np.zeros(0, dtype=np.uint64)
+        segment = np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int32)
+        row = np.concatenate([np.arange(len(h)) for h in highs]) if highs else np.zeros(0, dtype=np.int64)
+        # Newest segment first: the first of each fingerprint is its newest answer. (Two
+        # fingerprints sharing a first half, two in 2**64, keep one: the other is sent again.)
+        index = pd.Index(high)
+        kept = np.ones(len(high), dtype=bool) if index.is_unique else ~index.duplicated(keep="first")
+        self._high = index if kept.all() else pd.Index(high[kept])
+        self._low = low[kept]
+        self._segment = segment[kept]
+        self._row = row[kept]
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._high)
 
     def __call__(self, fingerprints: pa.Array) -> np.ndarray:
         """For each fingerprint, whether the store holds an answer to it (an ``AnswerLookup``)."""
-        return self.positions(fingerprints.to_numpy(zero_copy_only=False)) >= 0
+        return self.positions(fingerprints) >= 0
 
-    def positions(self, fingerprints: np.ndarray) -> np.ndarray:
-        """Position of each fingerprint among the known ones (-1: unknown)."""
-        if not len(self._index) or not len(fingerprints):
+    def positions(self, fingerprints: pa.Array) -> np.ndarray:
+        """Where each fingerprint's answer is among the known ones (-1: none)."""
+        if not len(self._high) or not len(fingerprints):
             return np.full(len(fingerprints), -1, dtype=np.int64)
-        return self._index.get_indexer(fingerprints)
+        high, low = fingerprint_keys(fingerprints)
+        at = self._high.get_indexer(high)
+        found = at >= 0
+        at[found & (self._low[at] != low)] = -1
+        return at
 
-    def answers(self, fingerprints: np.ndarray) -> pd.DataFrame:
-        """The stored answer to each known one of ``fingerprints``, indexed by fingerprint (each once).
+    def answers(self, positions: np.ndarray, columns: Sequence[str] | None = None) -> tuple[pa.Table | None, np.ndarray]:
+        """The stored answers at ``positions`` (from :meth:`positions`, none -1), and which were found.
 
-        A segment gone since the snapshot (deleted by another worker's retention) leaves its
-        answers out: look each fingerprint up in the index, do not assume it is there.
+        ``columns``: only those (the ones a segment lacks are left out).
+
+        The table's rows are those of the found positions, in their order. A segment deleted since
+        the snapshot (another worker's retention) loses its answers: those are not found.
         """
-        positions = self.positions(np.asarray(fingerprints, dtype=object))
-        found = self._where.iloc[np.unique(positions[positions >= 0])]
-        pieces = []
-        for segment, rows in found.groupby("segment", sort=False)["row"]:
-            table = _read(self._segments[int(segment)])
+        found = np.zeros(len(positions), dtype=bool)
+        segment = self._segment[positions]
+        pieces, where = [], []
+        for number in np.unique(segment).tolist():
+            mine = np.flatnonzero(segment == number)
+            table = _read(self._segments[number])
             if table is not None:
-                pieces.append(table.take(pa.array(rows.to_numpy())).to_pandas())
+                if columns is not None:
+                    table = table.select([c for c in columns if c in table.column_names])
+                pieces.append(table.take(pa.array(self._row[positions[mine]])))
+                where.append(mine)
+                found[mine] = True
         if not pieces:
-            return pd.DataFrame(index=pd.Index([], dtype="str", name=FINGERPRINT_COLUMN))
-        frame = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
-        return frame.set_index(FINGERPRINT_COLUMN)
+            return None, found
+        table = pa.concat_tables(pieces, promote_options="default") if len(pieces) > 1 else pieces[0]
+        return table.take(pa.array(np.argsort(np.concatenate(where), kind="stable"))), found
 
 
 class ReuseStore:
@@ -101,11 +126,14 @@ class ReuseStore:
         self.prune()
         if not len(answers):
             return None
-        table = pa.Table.from_pandas(_storable(answers), preserve_index=False)
+        table = _storable(pa.Table.from_pandas(answers, preserve_index=False))
+        high, low = fingerprint_keys(table.column(FINGERPRINT_COLUMN))
+        table = table.append_column(_HIGH, pa.array(high)).append_column(_LOW, pa.array(low))
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex}{_SUFFIX}"
         tmp = self.root / f".{name}.tmp"
-        pq.write_table(table, tmp)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
         os.replace(tmp, self.root / name)
         return self.root / name
 
@@ -140,15 +168,18 @@ class ReuseStore:
         return [path for path, born in self._segments() if born >= cutoff]
 
 
-def _storable(answers: pd.DataFrame) -> pd.DataFrame:
-    """Categorical columns (batch_id) as plain text: segments of other rounds know other categories."""
-    converted = {c: answers[c].astype("str") for c in answers.columns if isinstance(answers[c].dtype, pd.CategoricalDtype)}
-    return answers.assign(**converted) if converted else answers
+def _storable(table: pa.Table) -> pa.Table:
+    """Dictionary columns (batch_id) as plain text: segments of other rounds know other categories."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.string()))
+    return table
 
 
 def _read(path: Path, columns: list[str] | None = None) -> pa.Table | None:
-    """A segment's table, None if it is gone (deleted by another worker's retention since listed)."""
+    """A segment's table, memory-mapped; None if it is gone (deleted by another worker's retention since listed)."""
     try:
-        return pq.read_table(path, columns=columns)
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
     except FileNotFoundError:
         return None
+    return table.select(columns) if columns is not None else table

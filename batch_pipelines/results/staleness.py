@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from batch_pipelines.requests import FINGERPRINT_COLUMN
 from batch_pipelines.results.outcomes import FAILED, INVALID, OUTCOMES, SUCCEEDED
@@ -26,17 +28,19 @@ _MESSAGE = "the row changed after it was sent: the answer was for its earlier co
 _ANSWER_COLUMNS = ("content", "finish_reason", "embedding", "flagged", "moderation", "status_code")
 
 
-def mark_stale(frame: pd.DataFrame, sent: np.ndarray, current: np.ndarray) -> pd.DataFrame:
+def mark_stale(frame: pd.DataFrame, sent: pa.Array | np.ndarray, current: pa.Array | np.ndarray) -> pd.DataFrame:
     """``frame`` with ``request_fingerprint`` (``current``) and its changed answered rows made stale.
 
-    ``sent`` and ``current`` are aligned with ``frame``'s rows: the fingerprint each row's request
-    was sent with (None where unknown: an id map written before fingerprints existed, trusted as it
-    was), and the one its content has now (None where it can no longer become a request).
+    ``sent`` and ``current`` (text arrays) are aligned with ``frame``'s rows: the fingerprint each
+    row's request was sent with (null where unknown: an id map written before fingerprints existed,
+    trusted as it was), and the one its content has now (null where it can no longer become a request).
     """
+    sent, current = _text(sent), _text(current)
     codes = pd.Categorical(frame["outcome"], categories=list(OUTCOMES)).codes
     answered = np.isin(codes, [SUCCEEDED, FAILED, INVALID])
-    changed = answered & pd.notna(sent) & (pd.isna(current) | (sent != current))
-    frame = frame.assign(**{FINGERPRINT_COLUMN: pd.array(current, dtype="str")})
+    differs = pc.fill_null(pc.not_equal(sent, current), True).to_numpy(zero_copy_only=False)  # null current: changed
+    changed = answered & sent.is_valid().to_numpy(zero_copy_only=False) & differs
+    frame = frame.assign(**{FINGERPRINT_COLUMN: pd.array(current.cast(pa.large_string()), dtype="str")})
     if not changed.any():
         return frame
     rows = np.flatnonzero(changed)
@@ -53,3 +57,12 @@ def mark_stale(frame: pd.DataFrame, sent: np.ndarray, current: np.ndarray) -> pd
         column.iloc[rows] = value
         frame[name] = column
     return frame
+
+
+def _text(values: pa.Array | np.ndarray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values.cast(pa.string())
+    return pa.array(values, type=pa.string(), from_pandas=True)
+

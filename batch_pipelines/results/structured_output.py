@@ -51,12 +51,16 @@ def validate_outputs(model: type[BaseModel], columns: dict[str, Any], codes: np.
     return {OUTPUT_PREFIX + f: _infer(v) for f, v in values.items()}
 
 
-def set_errors(columns: dict[str, Any], rows: list[int], error_codes: list[Any], messages: list[str]) -> None:
-    """Write error codes and messages at ``rows`` in one assignment per column (each one copies)."""
-    if rows:
+def set_errors(columns: dict[str, Any], rows: np.ndarray | list[int], error_codes: Any, messages: Any) -> None:
+    """Write error codes and messages at ``rows`` in one assignment per column (each one copies).
+
+    ``error_codes`` and ``messages`` are one value per row, or one value for them all.
+    """
+    if len(rows):
+        at = np.asarray(rows, dtype=np.int64)
         for name, values in (("error_code", error_codes), ("error_message", messages)):
             array = columns[name].copy()
-            array[np.array(rows)] = pd.array(values, dtype="str")
+            array[at] = pd.array(values, dtype="str") if isinstance(values, list) else values
             columns[name] = array
 
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+import pyarrow as pa
+import xxhash
+
 from batch_pipelines.requests import FINGERPRINT_COLUMN
 from batch_pipelines.results import OUTCOMES, UNAVAILABLE_CODE, ReuseStore, answer_columns, fill_held_back, fresh_answers, summarize
+
+
+Q, R, S = (xxhash.xxh3_128_hexdigest(x.encode()) for x in "qrs")
 
 
 def _joined() -> pd.DataFrame:
@@ -28,15 +34,18 @@ def _joined() -> pd.DataFrame:
     })  # fmt: skip
 
 
+SOURCE = pd.DataFrame({"text": ["q", "q", "r", "s"]})
+IDS = pd.Series(["a", "b", "c", "d"], dtype="str")
+
+
 def test_twins_share_the_sent_row_and_the_store_answers_the_rest(tmp_path):
     store = ReuseStore(tmp_path)
-    store.record(pd.DataFrame({FINGERPRINT_COLUMN: ["fp_r"], "content": ["answer r"], "total_tokens": [7], "batch_id": ["batch_old"]}))
-    frame = _joined()
-    held = np.array([False, True, True, True])
-    prints = np.array(["fp_q", "fp_q", "fp_r", "fp_s"], dtype=object)
+    store.record(pd.DataFrame({FINGERPRINT_COLUMN: [R], "content": ["answer r"], "total_tokens": [7], "batch_id": ["batch_old"]}))
+    joined = _joined().iloc[[0]]  # only row 0 was sent; rows 1-3 were held back
 
-    out = fill_held_back(frame, held, prints, store.known(), answer_columns(frame, ["text"]))
+    out = fill_held_back(joined, SOURCE, IDS, np.array([0]), pa.array([Q, Q, R, S]), store.known(), attempt=1)
 
+    assert out["custom_id"].tolist() == ["a", "b", "c", "d"] and out["text"].tolist() == ["q", "q", "r", "s"]
     assert out["outcome"].tolist() == ["succeeded", "succeeded", "succeeded", "missing"]
     assert out["reused"].tolist() == [False, True, True, False]
     assert out["content"].tolist()[:3] == ["answer q", "answer q", "answer r"]
@@ -47,7 +56,8 @@ def test_twins_share_the_sent_row_and_the_store_answers_the_rest(tmp_path):
 
 
 def test_only_answers_paid_for_now_go_to_the_store():
-    frame = _joined().assign(**{FINGERPRINT_COLUMN: ["fp_q", "fp_q", "fp_r", "fp_s"]})
-    out = fill_held_back(frame, np.array([False, True, False, False]), frame[FINGERPRINT_COLUMN].to_numpy(dtype=object), None, answer_columns(frame, ["text"]))
-    fresh = fresh_answers(out, answer_columns(frame, ["text"]))
-    assert fresh[FINGERPRINT_COLUMN].tolist() == ["fp_q"] and "custom_id" not in fresh.columns
+    joined = _joined().iloc[[0, 2, 3]]
+    out = fill_held_back(joined, SOURCE, IDS, np.array([0, 2, 3]), pa.array([Q, Q, R, S]), None, attempt=1)
+    out[FINGERPRINT_COLUMN] = [Q, Q, R, S]
+    fresh = fresh_answers(out, answer_columns(out, ["text"]))
+    assert fresh[FINGERPRINT_COLUMN].tolist() == [Q] and "custom_id" not in fresh.columns

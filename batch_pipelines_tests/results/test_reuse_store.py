@@ -7,17 +7,25 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import xxhash
 
 from batch_pipelines.requests import FINGERPRINT_COLUMN
 from batch_pipelines.results import ReuseStore
 
 
-def _answers(prints: list[str], content: str, batch: str = "batch_1") -> pd.DataFrame:
-    return pd.DataFrame({FINGERPRINT_COLUMN: prints, "content": [f"{content} {p}" for p in prints], "batch_id": pd.Categorical([batch] * len(prints))})
+def fp(name: str) -> str:
+    """A fingerprint-shaped name (32 hex digits), as the id map holds them."""
+    return xxhash.xxh3_128_hexdigest(name.encode())
+
+
+def _answers(names: list[str], content: str, batch: str = "batch_1") -> pd.DataFrame:
+    return pd.DataFrame({
+        FINGERPRINT_COLUMN: [fp(n) for n in names], "content": [f"{content} {n}" for n in names],
+        "batch_id": pd.Categorical([batch] * len(names)),
+    })  # fmt: skip
 
 
 def _write(root: str, prints: list[str], content: str) -> None:
@@ -31,10 +39,13 @@ def test_answers_are_found_by_fingerprint_and_the_newest_wins(tmp_path):
 
     known = store.known()
     assert len(known) == 3
-    assert known(pa.array(["a", "b", "x"])).tolist() == [True, True, False]
-    found = known.answers(np.array(["b", "a", "x"], dtype=object))
-    assert found.loc["b", "content"] == "new b" and found.loc["b", "batch_id"] == "batch_2"
-    assert found.loc["a", "content"] == "old a" and "x" not in found.index
+    asked = pa.array([fp("b"), fp("a"), fp("x")])
+    assert known(asked).tolist() == [True, True, False]
+    positions = known.positions(asked)
+    table, found = known.answers(positions[:2])
+    assert found.tolist() == [True, True]
+    assert table.column("content").to_pylist() == ["new b", "old a"]
+    assert table.column("batch_id").to_pylist() == ["batch_2", "batch_1"]
 
 
 def test_segments_older_than_the_retention_are_ignored_and_deleted(tmp_path):
@@ -54,8 +65,8 @@ def test_a_segment_deleted_after_the_snapshot_only_loses_its_answers(tmp_path):
     store.record(_answers(["b"], "y"))
     known = store.known()
     os.unlink(gone)  # another worker's retention, between the lookup and the read
-    found = known.answers(np.array(["a", "b"], dtype=object))
-    assert list(found.index) == ["b"]
+    table, found = known.answers(known.positions(pa.array([fp("a"), fp("b")])))
+    assert found.tolist() == [False, True] and table.column("content").to_pylist() == ["y b"]
 
 
 def test_two_processes_write_at_once_and_each_reads_the_other(tmp_path):
