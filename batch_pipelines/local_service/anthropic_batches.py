@@ -107,9 +107,9 @@ class MessageBatches:
             counts: Counter[str] = Counter(kind for kind, _ in self._result_lines(batch))
         else:
             done = batch["request_counts"]
-            counts = Counter(
-                succeeded=done["completed"], errored=done["failed"], processing=done["total"] - done["completed"] - done["failed"]
-            )
+            # The engine counts rows once it has validated the file; Anthropic's from the create on.
+            total = done["total"] if batch["status"] != "validating" else self._input_rows(batch)
+            counts = Counter(succeeded=done["completed"], errored=done["failed"], processing=total - done["completed"] - done["failed"])
         url = f"{results_base}/messages/batches/{message_batch_id(batch['id'])}/results"
         return message_batch_json(batch, counts, url)
 
@@ -127,6 +127,10 @@ class MessageBatches:
                             yield result_line(orjson.loads(raw))
                         except (orjson.JSONDecodeError, KeyError, TypeError):
                             yield "errored", raw.rstrip(b"\n")  # a line a fault plan corrupted: passed on as it is
+
+    def _input_rows(self, batch: Mapping[str, Any]) -> int:
+        with self.engine.file_content_path(batch["input_file_id"]).open("rb") as fh:
+            return sum(1 for raw in fh if raw.strip())
 
     def _unrun_lines(self, batch: Mapping[str, Any]) -> Iterator[tuple[str, bytes]]:
         """A line per request of a batch that ended before any ran: canceled while the engine was
