@@ -1,6 +1,7 @@
 """The ``batch-pipelines`` command.
 
 ``batch-pipelines serve`` runs the local batch service: an OpenAI-compatible Files + Batches API
+(Anthropic's Message Batches under ``/v1/messages/batches`` with ``--profile anthropic``)
 on this machine (see ``batch_pipelines.local_service``)::
 
     batch-pipelines serve --port 8787 --data-dir .local_service --profile moonshot \
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="batch-pipelines", description="Run LLM batch jobs through Batch APIs.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the local OpenAI-compatible batch service")
+    serve = commands.add_parser("serve", help="run the local batch service (OpenAI's protocol, or Anthropic's with --profile anthropic)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787; 0 picks a free one)")
     serve.add_argument("--data-dir", type=Path, default=Path(".local_service"), help="where state and files live")
@@ -56,6 +57,9 @@ def _serve(args: argparse.Namespace) -> None:
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
+    # Listening before the URL is printed: a client that connects at once waits in the backlog
+    # until uvicorn accepts, instead of being refused.
+    sock.listen(128)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"local batch service ({args.profile}, {args.speed}) at http://{host}:{port}/v1", flush=True)

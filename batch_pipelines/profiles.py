@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "ALL_ENDPOINTS",
     "CUSTOM_ID_PATTERN",
+    "MESSAGES",
     "METADATA_MAX_KEY_CHARS",
     "METADATA_MAX_PAIRS",
     "METADATA_MAX_VALUE_CHARS",
@@ -49,6 +50,8 @@ EMBEDDINGS = "/v1/embeddings"
 COMPLETIONS = "/v1/completions"
 MODERATIONS = "/v1/moderations"
 ALL_ENDPOINTS: tuple[str, ...] = (RESPONSES, CHAT_COMPLETIONS, EMBEDDINGS, COMPLETIONS, MODERATIONS)
+#: Anthropic's Messages API: the one endpoint of its Message Batches (not an OpenAI endpoint).
+MESSAGES = "/v1/messages"
 
 _MB = 1024 * 1024
 _HOUR = 3600
@@ -98,6 +101,11 @@ class ProviderProfile:
     delete_files_after_download: bool = False
     #: Console page of one batch, formatted with ``batch_id``; None where there is none.
     console_url: str | None = None
+    #: The wire protocol: ``"openai"`` (an uploaded file, then a batch) or ``"anthropic"``
+    #: (Message Batches: requests inline, results at a URL, no metadata).
+    protocol: str = "openai"
+    #: The rule every custom_id of a batch must match (and be unique in the batch).
+    custom_id_pattern: str = CUSTOM_ID_PATTERN.pattern
 
     def window_allowed(self, window: str) -> bool:
         """Whether ``completion_window`` is one this provider accepts."""
@@ -161,6 +169,26 @@ PROFILES: dict[str, ProviderProfile] = {
         base_url="https://api.fastapi.ai/v1",
         api_key_env="FAST_API_KEY",
         **_OPENAI_STYLE,
+    ),
+    # Message Batches: requests inline (no file step), at most 100,000 of them or 256 MB a batch,
+    # ended within 24 h (no window parameter: 24h is the only one), results kept 29 days, half
+    # price, and no batch metadata: a batch is found again by its time, size and custom_ids.
+    "anthropic": ProviderProfile(
+        name="anthropic",
+        base_url="https://api.anthropic.com/v1",
+        api_key_env="ANTHROPIC_API_KEY",
+        endpoints=(MESSAGES,),
+        max_file_bytes=256 * _MB,
+        max_requests_per_file=100_000,
+        completion_windows=("24h",),
+        min_window_seconds=_DAY,
+        max_window_seconds=_DAY,
+        default_window="24h",
+        supports_metadata=False,
+        batch_discount=0.5,
+        console_url="https://console.anthropic.com/workspaces/default/batches/{batch_id}",
+        protocol="anthropic",
+        custom_id_pattern=r"^[a-zA-Z0-9_-]{1,64}$",
     ),
     "groq": ProviderProfile(
         name="groq",

@@ -10,11 +10,15 @@ It runs on the embedded ``local`` provider with no key. The environment picks an
 
 ====================================  =====================================================
 ``BATCH_PIPELINES_PROVIDER``          ``local`` (default), ``moonshot``, ``openai``, ``fastapi_ai``,
-                                      ``groq`` or ``custom`` (any OpenAI-compatible base URL)
+                                      ``groq``, ``anthropic`` or ``custom`` (any OpenAI-compatible base URL)
 the provider's key variable           ``MOONSHOT_API_KEY``, ``OPENAI_API_KEY``, ``FAST_API_KEY``,
-                                      ``GROQ_API_KEY``; ``BATCH_PIPELINES_API_KEY`` for ``custom``
+                                      ``GROQ_API_KEY``, ``ANTHROPIC_API_KEY``; ``BATCH_PIPELINES_API_KEY``
+                                      for ``custom``
+``BATCH_PIPELINES_LOCAL_PROFILE``     the provider the local one poses as: ``moonshot`` (default) or
+                                      ``anthropic`` (Message Batches, no key), any profile
 ``BATCH_PIPELINES_MODEL``             default ``kimi-k2.5`` (local, moonshot), ``gpt-4o-mini``
-                                      (openai, fastapi_ai); required for the others
+                                      (openai, fastapi_ai), ``claude-haiku-4-5`` (anthropic); required
+                                      for the others
 ``BATCH_PIPELINES_BASE_URL``          overrides the provider's base URL (required for ``custom``)
 ``BATCH_PIPELINES_LOCAL_SPEED``       ``realistic`` (default: progress over a few seconds) or
                                       ``instant``
@@ -34,7 +38,7 @@ from pydantic import BaseModel, Field
 
 from batch_pipelines.demo.parquet_io import ParquetIOManager
 from batch_pipelines.pipeline import BatchProviderResource, build_batch_pipeline
-from batch_pipelines.profiles import PROFILES
+from batch_pipelines.profiles import MESSAGES, PROFILES
 from batch_pipelines.providers import LOCAL
 from batch_pipelines.requests import RequestSpec
 
@@ -58,7 +62,17 @@ Category = Literal["Literature", "News", "Academic", "Technology", "Lifestyle"]
 CATEGORIES: tuple[str, ...] = get_args(Category)
 
 _PROVIDER = os.environ.get("BATCH_PIPELINES_PROVIDER", LOCAL)
-_DEFAULT_MODELS = {LOCAL: "kimi-k2.5", "moonshot": "kimi-k2.5", "openai": "gpt-4o-mini", "fastapi_ai": "gpt-4o-mini"}
+_LOCAL_PROFILE = os.environ.get("BATCH_PIPELINES_LOCAL_PROFILE", "moonshot")
+#: The profile whose protocol the requests are written for (the local provider's posed-as one).
+_PROFILE = PROFILES.get(_LOCAL_PROFILE if _PROVIDER == LOCAL else _PROVIDER)
+_ANTHROPIC = _PROFILE is not None and _PROFILE.protocol == "anthropic"
+_DEFAULT_MODELS = {
+    LOCAL: "claude-haiku-4-5" if _ANTHROPIC else "kimi-k2.5",
+    "moonshot": "kimi-k2.5",
+    "openai": "gpt-4o-mini",
+    "fastapi_ai": "gpt-4o-mini",
+    "anthropic": "claude-haiku-4-5",
+}
 
 
 class TextCategory(BaseModel):
@@ -96,10 +110,10 @@ def _provider_from_env() -> BatchProviderResource:
         if os.environ.get(var)
     }
     if _PROVIDER == LOCAL:
-        # Poses as Moonshot: requests are checked exactly as Moonshot checks them. Polled every
+        # Poses as Moonshot (or BATCH_PIPELINES_LOCAL_PROFILE): requests are checked exactly as it checks them. Polled every
         # few seconds (real providers: every 30 s and more) so the UI shows progress.
         return BatchProviderResource(
-            local_profile="moonshot",
+            local_profile=_LOCAL_PROFILE,
             local_speed=os.environ.get("BATCH_PIPELINES_LOCAL_SPEED", "realistic"),
             poll_interval_seconds=2,
             max_poll_interval_seconds=5,
@@ -122,9 +136,11 @@ def _model_from_env() -> str:
     return model
 
 
-#: One chat request per text, answered as a TextCategory (its JSON schema is the response format).
+#: One chat request per text, answered as a TextCategory (its JSON schema is the response format;
+#: on Anthropic, the input schema of the tool the request forces).
 request_spec = RequestSpec(
     model=_model_from_env(),
+    **({"endpoint": MESSAGES, "body": {"max_tokens": 300}} if _ANTHROPIC else {}),
     messages=[
         {
             "role": "system",

@@ -7,6 +7,9 @@
     GET /v1/batches/{id}                         POST /v1/batches/{id}/cancel
     GET|PUT /v1/_local/faults                    the service-wide fault plan (local extension)
 
+Posing as a profile of the ``anthropic`` protocol it serves Anthropic's Message Batches instead
+(``anthropic_app.py``), over the same engine, with the same faults.
+
 Each route parses its request, calls the engine in a thread and answers its JSON; errors have
 OpenAI's shape ``{"error": {message, type, param, code}}``, unknown ids and routes are 404s in
 that shape. In front of every route, ``guard.py`` checks the bearer key and injects HTTP faults;
@@ -36,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from batch_pipelines.local_service.anthropic_app import anthropic_error_response, anthropic_routes
 from batch_pipelines.local_service.engine import BatchEngine
 from batch_pipelines.local_service.errors import ServiceError
 from batch_pipelines.local_service.faults import FaultPlan
@@ -133,6 +137,14 @@ def create_app(engine: BatchEngine, *, api_key: str | None, faults: FaultPlan | 
             http_faults.set(plan)
         return json_response(http_faults.plan.model_dump(mode="json"))
 
+    if engine.profile.protocol == "anthropic":
+        routes = [*anthropic_routes(engine, _read_json), Route("/v1/_local/faults", faults_admin, methods=["GET", "PUT"])]
+        app = _starlette(routes, anthropic_error_response)
+        app.state.engine = engine
+        app.state.faults = http_faults
+        app.add_middleware(Guard, api_key=api_key, faults=http_faults, error_response=anthropic_error_response, accept_x_api_key=True)
+        return app
+
     routes = [
         Route("/v1/files", upload_file, methods=["POST"]),
         Route("/v1/files", list_files, methods=["GET"]),
@@ -178,11 +190,11 @@ def create_realtime_app(responder: Responder | None = None, *, api_key: str | No
 # ---- plumbing ----------------------------------------------------------------------------------
 
 
-def _starlette(routes: list[Route]) -> Starlette:
+def _starlette(routes: list[Route], respond: Callable[[ServiceError], Response] = error_response) -> Starlette:
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         message = f"Invalid URL ({request.method} {request.url.path})"
-        return error_response(ServiceError(status, message))
+        return respond(ServiceError(status, message))
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     # Paths are served as written: a trailing slash is a 404, as at OpenAI, not a redirect that
@@ -201,15 +213,15 @@ def _int_param(query: Any, name: str, default: int) -> int:
         raise ServiceError(400, f"'{name}' must be an integer, got {raw!r}.", param=name) from None
 
 
-async def _read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object body, refusing (413) bodies over 1 MB without reading them whole."""
+async def _read_json(request: Request, limit: int = _JSON_BODY_LIMIT) -> dict[str, Any]:
+    """The request's JSON object body, refusing (413) bodies over ``limit`` (1 MB) without reading them whole."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > _JSON_BODY_LIMIT:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ServiceError(413, "Request body too large.")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > _JSON_BODY_LIMIT:
+        if size > limit:
             raise ServiceError(413, "Request body too large.")
         chunks.append(chunk)
     try:

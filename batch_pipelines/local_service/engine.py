@@ -258,9 +258,16 @@ class BatchEngine:
     def get_batch(self, batch_id: str) -> dict[str, Any]:
         return batch_json(self._batch_row(batch_id))
 
-    def list_batches(self, *, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+    def list_batches(self, *, after: str | None = None, before: str | None = None, limit: int = 20) -> dict[str, Any]:
+        """A page of batches, newest first: older than ``after``, or (Anthropic's ``before_id``) the
+        ``limit`` oldest of those newer than ``before``."""
         if not 1 <= limit <= 100:
             raise ServiceError(400, "limit must be between 1 and 100.", param="limit")
+        if before is not None:
+            rows = self.store.read(
+                "SELECT * FROM batches WHERE seq > ? ORDER BY seq ASC LIMIT ?", (self._seq("batches", before), limit + 1)
+            )
+            return page([batch_json(r) for r in reversed(rows[:limit])], has_more=len(rows) > limit)
         if after is None:
             rows = self.store.read("SELECT * FROM batches ORDER BY seq DESC LIMIT ?", (limit + 1,))
         else:
@@ -268,6 +275,20 @@ class BatchEngine:
                 "SELECT * FROM batches WHERE seq < ? ORDER BY seq DESC LIMIT ?", (self._seq("batches", after), limit + 1)
             )
         return page([batch_json(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Forget a terminal batch and its files (Anthropic's delete; OpenAI has none)."""
+        self._batch_row(batch_id)
+        with self.store.write() as db:
+            row = db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            if row["status"] not in ("completed", "failed", "expired", "cancelled"):
+                raise ServiceError(400, f"Batch {batch_id} is still {row['status']}; only ended batches can be deleted.")
+            file_ids = [row[k] for k in ("input_file_id", "output_file_id", "error_file_id") if row[k]]
+            db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+            for file_id in file_ids:
+                db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        for file_id in file_ids:
+            self.store.file_path(file_id).unlink(missing_ok=True)
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         self._batch_row(batch_id)

@@ -16,6 +16,7 @@ import fnmatch
 import hmac
 import math
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response
@@ -70,28 +71,45 @@ class HttpFaults:
 class Guard:
     """Bearer-key check, then injected HTTP faults, in front of every route."""
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, faults: HttpFaults | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        faults: HttpFaults | None,
+        error_response: Callable[[ServiceError], Response] = error_response,
+        accept_x_api_key: bool = False,
+    ) -> None:
         self._app = app
         self._expected = f"Bearer {api_key}".encode() if api_key is not None else None
+        # Anthropic's docs send the key as ``x-api-key``, its current SDKs as a bearer token: both count.
+        self._expected_x_api_key = api_key.encode() if api_key is not None and accept_x_api_key else None
         self._faults = faults
+        self._error_response = error_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
         if self._expected is not None:
-            given = dict(scope["headers"]).get(b"authorization")
-            if given is None:
-                await error_response(_missing_key()).__call__(scope, receive, send)
+            headers = dict(scope["headers"])
+            given, x_api_key = headers.get(b"authorization"), headers.get(b"x-api-key")
+            if self._expected_x_api_key is None:
+                x_api_key = None
+            if given is None and x_api_key is None:
+                await self._error_response(_missing_key()).__call__(scope, receive, send)
                 return
-            if not hmac.compare_digest(given, self._expected):
-                await error_response(_wrong_key()).__call__(scope, receive, send)
+            if not (
+                (given is not None and hmac.compare_digest(given, self._expected))
+                or (x_api_key is not None and hmac.compare_digest(x_api_key, self._expected_x_api_key or b""))
+            ):
+                await self._error_response(_wrong_key()).__call__(scope, receive, send)
                 return
         path: str = scope["path"]
         fired = [] if self._faults is None or path.startswith(ADMIN_PREFIX) else self._faults.firing(scope["method"], path)
         before = [rule for rule in fired if not rule.after]
         after = [rule for rule in fired if rule.after]
-        if await _misbehave(before, scope, receive, send):
+        if await _misbehave(before, scope, receive, send, self._error_response):
             return
         if not after:
             await self._app(scope, receive, send)
@@ -103,13 +121,15 @@ class Guard:
             answer.append(message)
 
         await self._app(scope, receive, keep)
-        if await _misbehave(after, scope, receive, send):
+        if await _misbehave(after, scope, receive, send, self._error_response):
             return
         for message in answer:
             await send(message)
 
 
-async def _misbehave(rules: list[HttpFault], scope: Scope, receive: Receive, send: Send) -> bool:
+async def _misbehave(
+    rules: list[HttpFault], scope: Scope, receive: Receive, send: Send, respond: Callable[[ServiceError], Response]
+) -> bool:
     """Wait the rules' delays, then drop the connection or answer with an injected status; whether it answered."""
     delay = sum(rule.delay for rule in rules)
     if delay:
@@ -122,7 +142,7 @@ async def _misbehave(rules: list[HttpFault], scope: Scope, receive: Receive, sen
     failing = next((rule for rule in rules if rule.status is not None), None)
     if failing is None:
         return False
-    await _injected(failing).__call__(scope, receive, send)
+    await _injected(failing, respond).__call__(scope, receive, send)
     return True
 
 
@@ -139,7 +159,7 @@ def _wrong_key() -> ServiceError:
     return ServiceError(401, "Incorrect API key provided.", code="invalid_api_key")
 
 
-def _injected(rule: HttpFault) -> Response:
+def _injected(rule: HttpFault, respond: Callable[[ServiceError], Response]) -> Response:
     status = rule.status or 500
     if status == 429:
         message = "Rate limit reached (injected by the local fault plan)."
@@ -149,7 +169,7 @@ def _injected(rule: HttpFault) -> Response:
         exc = ServiceError(status, message, type="server_error")
     else:
         exc = ServiceError(status, f"Injected HTTP {status} (local fault plan).")
-    response = error_response(exc)
+    response = respond(exc)
     if rule.retry_after is not None:
         response.headers["Retry-After"] = str(math.ceil(rule.retry_after))
         response.headers["retry-after-ms"] = str(int(rule.retry_after * 1000))

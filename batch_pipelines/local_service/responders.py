@@ -8,9 +8,11 @@ each. Its JSON ``spec`` is what a batch records of it, so any worker process reb
 The default responder answers every batch endpoint without a network, deterministically (same
 input, same content) and with well-formed bodies: ``chat.completion`` with usage counts,
 ``/v1/responses``, ``/v1/embeddings`` (fixed dimension, unit vectors derived from the input text),
-``/v1/completions`` and ``/v1/moderations``. A chat request with ``response_format: {"type":
+``/v1/completions``, ``/v1/moderations`` and Anthropic's ``/v1/messages``. A chat request with ``response_format: {"type":
 "json_schema"}`` (or a responses request with ``text.format``) gets content that validates
-against its schema (``schema_instance.py``), its choices picked by the prompt.
+against its schema (``schema_instance.py``), its choices picked by the prompt; so does a
+Messages request that forces a tool (``tool_choice: {type: tool}``: a ``tool_use`` block whose
+input fits the tool's ``input_schema``) or asks for ``output_format: {type: json_schema}``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import orjson
 
 from batch_pipelines.local_service.errors import error_body
 from batch_pipelines.local_service.schema_instance import schema_instance
-from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES
+from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, MODERATIONS, RESPONSES
 
 __all__ = ["EMBEDDING_DIMENSIONS", "DefaultResponder", "Reply", "Responder"]
 
@@ -78,6 +80,7 @@ class DefaultResponder:
             EMBEDDINGS: self._embeddings,
             COMPLETIONS: self._completions,
             MODERATIONS: self._moderations,
+            MESSAGES: self._messages,
         }
 
     def respond(self, endpoint: str, bodies: Sequence[Mapping[str, Any]]) -> list[Reply]:
@@ -226,6 +229,46 @@ class DefaultResponder:
             )
         model = body.get("model", "omni-moderation-latest")
         return 200, {"id": f"modr-local{next(self._ids)}", "model": model, "results": results}
+
+    def _messages(self, body: Mapping[str, Any], now: int) -> Reply:
+        messages = body.get("messages") or ()
+        prompt = _messages_text(messages)
+        system = body.get("system")
+        system_text = system if isinstance(system, str) else _parts_text(system)
+        n = next(self._ids)
+        forced = body.get("tool_choice") or {}
+        tool = None
+        if isinstance(forced, Mapping) and forced.get("type") == "tool":
+            tool = next((t for t in body.get("tools") or () if isinstance(t, Mapping) and t.get("name") == forced.get("name")), None)
+        content: list[dict[str, Any]]
+        if tool is not None:
+            schema_format = {"type": "json_schema", "json_schema": {"schema": tool.get("input_schema") or {}}}
+            answer = self._structured(schema_format, prompt) or "{}"
+            content = [{"type": "tool_use", "id": f"toolu_local{n}", "name": tool["name"], "input": orjson.loads(answer)}]
+            stop_reason, output_text = "tool_use", answer
+        else:
+            output_format = body.get("output_format")
+            if isinstance(output_format, Mapping) and output_format.get("type") == "json_schema":
+                output_format = {"type": "json_schema", "json_schema": {"schema": output_format.get("schema") or {}}}
+            text = self._structured(output_format, prompt) or "Local reply to: " + prompt[-120:]
+            content = [{"type": "text", "text": text}]
+            stop_reason, output_text = "end_turn", text
+        input_tokens, output_tokens = _tokens(system_text + prompt), _tokens(output_text)
+        return 200, {
+            "id": f"msg_local{n}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "local"),
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        }
 
     def _structured(self, response_format: Any, prompt: str) -> str | None:
         """JSON content for a structured-output request, None for a free-text one."""

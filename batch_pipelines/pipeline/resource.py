@@ -29,12 +29,12 @@ from typing import Literal
 
 import dagster as dg
 import httpx
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from batch_pipelines.profiles import ProviderProfile, custom_profile, get_profile
 from batch_pipelines.providers import LOCAL, Batch, BatchProvider, make_provider
 from batch_pipelines.results import Prices, table_prices
-from batch_pipelines.submission import cancel_partition_batches
+from batch_pipelines.submission import RecordedBatches, cancel_partition_batches
 
 __all__ = ["BatchProviderResource"]
 
@@ -49,8 +49,8 @@ class BatchProviderResource(dg.ConfigurableResource):
     provider: str = Field(
         default=LOCAL,
         description=(
-            "'local' (embedded, no key), 'moonshot', 'openai', 'fastapi_ai', 'groq', or 'custom' "
-            "(any OpenAI-compatible service at base_url)."
+            "'local' (embedded, no key), 'moonshot', 'openai', 'fastapi_ai', 'groq', 'anthropic' (Message Batches), "
+            "or 'custom' (any OpenAI-compatible service at base_url)."
         ),
     )
     base_url: str | None = Field(
@@ -71,7 +71,8 @@ class BatchProviderResource(dg.ConfigurableResource):
         default=None, description="Where the local provider keeps files and batches; unset: $DAGSTER_HOME/batch_pipelines/local."
     )
     local_profile: str = Field(
-        default="openai", description="The provider whose limits and validation the local provider applies."
+        default="openai",
+        description="The provider the local provider poses as: its limits, validation and protocol ('anthropic': Message Batches).",
     )
     local_speed: Literal["instant", "realistic"] = Field(
         default="instant", description="'instant' for tests, 'realistic' to watch a batch progress in the UI."
@@ -136,6 +137,14 @@ class BatchProviderResource(dg.ConfigurableResource):
         ),
     )
 
+    # Where the tags of batches at a provider without metadata are recorded (the storage root of
+    # the instance the resource was set up with): every run worker of the deployment sees them.
+    _records_root: Path | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if context.instance is not None:
+            self._records_root = self.storage_root(context.instance)
+
     @property
     def profile(self) -> ProviderProfile:
         """The rules batches are checked against: the provider's, or those the local provider applies."""
@@ -148,11 +157,20 @@ class BatchProviderResource(dg.ConfigurableResource):
         return get_profile(self.provider)
 
     def get_provider(self) -> BatchProvider:
-        """A new client for the configured provider (close it, or use it in a ``with`` block)."""
+        """A new client for the configured provider (close it, or use it in a ``with`` block).
+
+        A provider that keeps no batch metadata (Anthropic) comes wrapped so that its batches'
+        tags are recorded in the storage (see :class:`~batch_pipelines.submission.RecordedBatches`).
+        """
         if self.provider == LOCAL:
-            return make_provider(LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, speed=self.local_speed)
-        timeout = httpx.Timeout(self.request_timeout_seconds, connect=min(10.0, self.request_timeout_seconds))
-        return make_provider(self.profile, api_key=self.api_key, base_url=self.base_url, timeout=timeout)
+            provider = make_provider(LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, speed=self.local_speed)
+        else:
+            timeout = httpx.Timeout(self.request_timeout_seconds, connect=min(10.0, self.request_timeout_seconds))
+            provider = make_provider(self.profile, api_key=self.api_key, base_url=self.base_url, timeout=timeout)
+        root = Path(self.storage_dir) if self.storage_dir else self._records_root
+        if provider.profile.supports_metadata or root is None:
+            return provider
+        return RecordedBatches(provider, root / "_batch_records")
 
     @property
     def delete_files(self) -> bool:

@@ -1,7 +1,10 @@
-"""Providers: one interface over Batch APIs, an OpenAI-compatible HTTP client and the local provider.
+"""Providers: one interface over Batch APIs: an OpenAI-compatible HTTP client, Anthropic's Message
+Batches, and the local provider (posing as either).
 
-``make_provider("moonshot")`` (key from ``MOONSHOT_API_KEY``), ``make_provider("openai",
-base_url=...)`` or ``make_provider("local")`` (no server, no key) is all a caller needs. Nothing in
+``make_provider("moonshot")`` (key from ``MOONSHOT_API_KEY``), ``make_provider("anthropic")`` (key
+from ``ANTHROPIC_API_KEY``), ``make_provider("openai", base_url=...)`` or ``make_provider("local",
+pose_as="anthropic")`` (no server, no key) is all a caller needs; the profile's ``protocol`` picks
+the client. Nothing in
 this package imports dagster.
 """
 
@@ -13,7 +16,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from batch_pipelines.profiles import ProviderProfile
+from batch_pipelines.profiles import ProviderProfile, get_profile
+from batch_pipelines.providers.anthropic import AnthropicProvider
 from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider
 from batch_pipelines.providers.types import (
     RESUBMIT_LATER_CODES,
@@ -44,6 +48,7 @@ from batch_pipelines.providers.errors import (
 from batch_pipelines.providers.http import DEFAULT_TIMEOUT
 from batch_pipelines.providers.retry_policy import RetryPolicy
 from batch_pipelines.providers.local import LOCAL, LocalProvider, default_local_dir
+from batch_pipelines.providers.local_anthropic import local_anthropic_provider
 from batch_pipelines.providers.openai_compatible import OpenAICompatibleProvider, parse_batch, parse_file
 from batch_pipelines.providers.polling import poll_batches
 
@@ -53,6 +58,7 @@ __all__ = [
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "AnthropicProvider",
     "AuthenticationError",
     "BadRequestError",
     "Batch",
@@ -78,6 +84,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "UnprocessableEntityError",
     "default_local_dir",
+    "local_anthropic_provider",
     "make_provider",
     "parse_batch",
     "parse_file",
@@ -104,10 +111,13 @@ def make_provider(
     ``base_url``, ``max_retries``, ``retry`` and ``timeout`` only the HTTP client.
     """
     if profile == LOCAL:
-        return LocalProvider(data_dir=data_dir, profile=pose_as, **local_options)
+        posed = get_profile(pose_as) if isinstance(pose_as, str) else pose_as
+        if posed.protocol == "anthropic":
+            return local_anthropic_provider(data_dir, profile=posed, **local_options)
+        return LocalProvider(data_dir=data_dir, profile=posed, **local_options)
     if data_dir is not None or local_options:
         unexpected = ["data_dir"] * (data_dir is not None) + sorted(local_options)
         raise TypeError(f"make_provider({profile!r}): {', '.join(unexpected)} only apply to the local provider")
-    return OpenAICompatibleProvider(
-        profile, api_key=api_key, base_url=base_url, max_retries=max_retries, retry=retry, timeout=timeout
-    )
+    resolved = get_profile(profile) if isinstance(profile, str) else profile
+    client = AnthropicProvider if resolved.protocol == "anthropic" else OpenAICompatibleProvider
+    return client(resolved, api_key=api_key, base_url=base_url, max_retries=max_retries, retry=retry, timeout=timeout)

@@ -5,7 +5,7 @@ says (408, 409, 429 and 5xx, not a 429 that means "out of money", with its waits
 and 404 are raised at once. A call that may have taken effect although its answer was lost is
 looked up (``recover``) before it is sent again.
 
-The API key lives in a :class:`pydantic.SecretStr` and is only unwrapped inside :class:`_BearerAuth`
+The API key lives in a :class:`pydantic.SecretStr` and is only unwrapped inside :class:`_KeyAuth`
 while a request is being sent. httpx masks the Authorization header in ``repr(headers)`` and
 neither httpx nor httpcore logs request headers, so DEBUG logging stays clean; provider error
 messages are scrubbed of the key before they become exceptions, in case a service echoes it.
@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,14 +75,17 @@ def write_atomically(dest: Path, chunks: Iterable[bytes]) -> Path:
     return dest
 
 
-class _BearerAuth(httpx.Auth):
-    """Adds the Authorization header at send time, so the client's default headers never hold it."""
+class _KeyAuth(httpx.Auth):
+    """Adds the key at send time, so the client's default headers never hold it: as a bearer
+    token in ``Authorization``, or bare in another header (Anthropic's ``x-api-key``)."""
 
-    def __init__(self, api_key: SecretStr) -> None:
+    def __init__(self, api_key: SecretStr, header: str) -> None:
         self._api_key = api_key
+        self._header = header
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        key = self._api_key.get_secret_value()
+        request.headers[self._header] = f"Bearer {key}" if self._header.lower() == "authorization" else key
         yield request
 
 
@@ -96,14 +99,16 @@ class HttpTransport:
         *,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
+        key_header: str = "Authorization",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self._api_key = api_key
         self.retry = retry or RetryPolicy()
         self._client = httpx.Client(
             base_url=base_url,
-            auth=_BearerAuth(api_key),
+            auth=_KeyAuth(api_key, key_header),
             timeout=timeout,
-            headers={"User-Agent": "batch-pipelines", "Accept": "application/json"},
+            headers={"User-Agent": "batch-pipelines", "Accept": "application/json", **(headers or {})},
         )
 
     @property

@@ -24,7 +24,7 @@ from batch_pipelines.providers.errors import APIStatusError, NotFoundError, stat
 from batch_pipelines.providers.http import write_atomically
 from batch_pipelines.providers.openai_compatible import batch_create_body, iter_batches, parse_batch, parse_file
 
-__all__ = ["LOCAL", "LocalProvider", "default_local_dir"]
+__all__ = ["LOCAL", "LocalProvider", "default_local_dir", "engine_call"]
 
 #: The name ``make_provider`` knows the local provider by.
 LOCAL = "local"
@@ -85,16 +85,16 @@ class LocalProvider(BatchProvider):
 
     def upload_file(self, path: Path, *, purpose: str = "batch") -> FileObject:
         path = Path(path)
-        return parse_file(_call(lambda: self._engine.create_file(path.name, purpose, path)))
+        return parse_file(engine_call(lambda: self._engine.create_file(path.name, purpose, path)))
 
     def download_file(self, file_id: str, dest: Path) -> Path:
-        source = _call(lambda: self._engine.file_content_path(file_id))
+        source = engine_call(lambda: self._engine.file_content_path(file_id))
         with source.open("rb") as fh:
             return write_atomically(Path(dest), iter(lambda: fh.read(_CHUNK), b""))
 
     def delete_file(self, file_id: str) -> None:
         try:
-            _call(lambda: self._engine.delete_file(file_id))
+            engine_call(lambda: self._engine.delete_file(file_id))
         except NotFoundError:
             pass  # already gone: the outcome the caller wanted
 
@@ -107,22 +107,22 @@ class LocalProvider(BatchProvider):
         metadata: Mapping[str, str] | None = None,
     ) -> Batch:
         body = batch_create_body(self.profile, input_file_id, endpoint, completion_window, metadata)
-        return parse_batch(_call(lambda: self._engine.create_batch(**body)))
+        return parse_batch(engine_call(lambda: self._engine.create_batch(**body)))
 
     def retrieve_batch(self, batch_id: str) -> Batch:
-        return parse_batch(_call(lambda: self._engine.get_batch(batch_id)))
+        return parse_batch(engine_call(lambda: self._engine.get_batch(batch_id)))
 
     def cancel_batch(self, batch_id: str) -> Batch:
-        return parse_batch(_call(lambda: self._engine.cancel_batch(batch_id)))
+        return parse_batch(engine_call(lambda: self._engine.cancel_batch(batch_id)))
 
     def list_batches(self, *, metadata: Mapping[str, str] | None = None, page_size: int = 100) -> Iterator[Batch]:
         def fetch(after: str | None) -> dict[str, Any]:
-            return _call(lambda: self._engine.list_batches(after=after, limit=page_size))
+            return engine_call(lambda: self._engine.list_batches(after=after, limit=page_size))
 
         return iter_batches(fetch, metadata)
 
 
-def _call(operation: Callable[[], _T]) -> _T:
+def engine_call(operation: Callable[[], _T]) -> _T:
     """Run an engine call, turning its ServiceError into the exception an HTTP client would raise."""
     try:
         return operation()

@@ -87,6 +87,9 @@ class Batch(BaseModel):
     expired_at: int | None = None
     cancelling_at: int | None = None
     cancelled_at: int | None = None
+    #: Where an ended batch's results are read, for providers that give them by URL (Anthropic)
+    #: instead of as output and error files.
+    results_url: str | None = None
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
 
     @property

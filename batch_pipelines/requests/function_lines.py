@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batch_pipelines.profiles import EMBEDDINGS, ProviderProfile
+from batch_pipelines.profiles import EMBEDDINGS, MESSAGES, ProviderProfile
 from batch_pipelines.requests.custom_ids import CustomIds
 from batch_pipelines.requests.json_text import lines_of_bytes
 from batch_pipelines.requests.row_report import RowReport
@@ -69,6 +69,8 @@ class FunctionLines:
         for key, value in self.spec.body.items():
             body.setdefault(key, value)
         merge_output_format(body, self.output_format)
+        if self.spec.endpoint == MESSAGES and (type(body.get("max_tokens")) is not int or body["max_tokens"] < 1):
+            raise CellError("missing_max_tokens", f"{MESSAGES} requires max_tokens (a positive integer) in every request")
         model = body.get("model")
         if self.profile.one_model_per_file and model != self.spec.model:
             message = f"model {model!r} is not the spec's {self.spec.model!r}; {self.profile.name} takes one model per file"

@@ -29,6 +29,7 @@ ProblemCode = Literal[
     "media_error",
     "build_body_error",
     "model_mismatch",
+    "missing_max_tokens",
     "too_large",
 ]
 

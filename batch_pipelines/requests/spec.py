@@ -8,10 +8,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from batch_pipelines.profiles import ALL_ENDPOINTS, CHAT_COMPLETIONS, RESPONSES
+from batch_pipelines.profiles import ALL_ENDPOINTS, CHAT_COMPLETIONS, MESSAGES, RESPONSES
 from batch_pipelines.requests.media import MediaPart
 from batch_pipelines.requests.schema import strict_json_schema
 from batch_pipelines.requests.templates import Placeholder, parse_template, strings
+
+
+#: Every endpoint a spec can write requests for: OpenAI's, and Anthropic's Messages API.
+SPEC_ENDPOINTS = (*ALL_ENDPOINTS, MESSAGES)
+#: Endpoints whose requests are conversations (messages, media parts, structured output).
+_CONVERSATIONS = (CHAT_COMPLETIONS, RESPONSES, MESSAGES)
 
 
 class RequestSpec(BaseModel):
@@ -28,8 +34,11 @@ class RequestSpec(BaseModel):
       returning the body; ``model`` and the fixed ``body`` parameters fill in what it leaves out.
 
     ``body`` holds fixed parameters (temperature, max_tokens, ...). ``output_model`` asks for
-    structured output: its strict JSON schema goes to ``response_format`` (chat) or
-    ``text.format`` (responses). ``key_column`` names the column custom_ids come from (default: the
+    structured output: its strict JSON schema goes to ``response_format`` (chat),
+    ``text.format`` (responses) or, on Anthropic's ``/v1/messages``, becomes the ``input_schema``
+    of a tool the request forces (``tool_choice``), whose input is the answer. On
+    ``/v1/messages`` a ``system`` message becomes the ``system`` parameter, images become base64
+    image blocks, and ``body`` must set ``max_tokens`` (Anthropic requires it). ``key_column`` names the column custom_ids come from (default: the
     DataFrame index).
     """
 
@@ -50,25 +59,29 @@ class RequestSpec(BaseModel):
         given = [n for n in ("messages", "input_template", "build_body") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of messages, input_template, build_body (got {given or 'none'})")
-        if self.endpoint not in ALL_ENDPOINTS:
-            raise ValueError(f"endpoint {self.endpoint!r} is not one of {', '.join(ALL_ENDPOINTS)}")
-        if self.messages is not None and self.endpoint not in (CHAT_COMPLETIONS, RESPONSES):
-            raise ValueError(f"messages need {CHAT_COMPLETIONS} or {RESPONSES}; use input_template for {self.endpoint}")
+        if self.endpoint not in SPEC_ENDPOINTS:
+            raise ValueError(f"endpoint {self.endpoint!r} is not one of {', '.join(SPEC_ENDPOINTS)}")
+        if self.messages is not None and self.endpoint not in _CONVERSATIONS:
+            raise ValueError(f"messages need {', '.join(_CONVERSATIONS)}; use input_template for {self.endpoint}")
         if self.media:
-            if self.build_body is not None or self.endpoint not in (CHAT_COMPLETIONS, RESPONSES):
-                raise ValueError("media parts need a messages or input_template spec on chat completions or responses")
-            if self.endpoint == RESPONSES and any(p.kind == "video" for p in self.media):
-                raise ValueError(f"{RESPONSES} takes no video parts")
+            if self.build_body is not None or self.endpoint not in _CONVERSATIONS:
+                raise ValueError("media parts need a messages or input_template spec on chat completions, responses or messages")
+            if self.endpoint in (RESPONSES, MESSAGES) and any(p.kind == "video" for p in self.media):
+                raise ValueError(f"{self.endpoint} takes no video parts")
             if self.messages is not None and not any(m.get("role") == "user" for m in self.messages):
                 raise ValueError("media parts go into a user message, and messages has none")
-        reserved = {"model", "messages", "input", "prompt"} & set(self.body)
-        if reserved:
-            raise ValueError(f"body sets {sorted(reserved)}: give them through the spec's own fields")
+        reserved = {"model", "messages", "input", "prompt"} | ({"system"} if self.endpoint == MESSAGES else set())
+        if reserved & set(self.body):
+            raise ValueError(f"body sets {sorted(reserved & set(self.body))}: give them through the spec's own fields")
+        if self.endpoint == MESSAGES and self.build_body is None and not isinstance(self.body.get("max_tokens"), int):
+            raise ValueError(f"{MESSAGES} requires max_tokens: set body={{'max_tokens': <int>}}")
         if self.output_model is not None:
-            if self.endpoint not in (CHAT_COMPLETIONS, RESPONSES):
-                raise ValueError(f"output_model needs {CHAT_COMPLETIONS} or {RESPONSES}")
+            if self.endpoint not in _CONVERSATIONS:
+                raise ValueError(f"output_model needs {', '.join(_CONVERSATIONS)}")
             if "response_format" in self.body or "format" in (self.body.get("text") or {}):
                 raise ValueError("body already sets the output format; drop it or output_model")
+            if self.endpoint == MESSAGES and ({"tools", "tool_choice"} & set(self.body)):
+                raise ValueError("body sets tools or tool_choice, which output_model sets on /v1/messages; drop one")
             strict_json_schema(self.output_model)
         for template in self._templates():
             parse_template(template)
@@ -94,6 +107,10 @@ class RequestSpec(BaseModel):
         schema = strict_json_schema(self.output_model)
         if self.endpoint == CHAT_COMPLETIONS:
             return {"response_format": {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}}
+        if self.endpoint == MESSAGES:
+            # Anthropic's structured output on every model: one tool, forced; its input is the answer.
+            tool = {"name": name, "description": f"Record the answer as {name}.", "input_schema": schema}
+            return {"tools": [tool], "tool_choice": {"type": "tool", "name": name}}
         return {"text": {"format": {"type": "json_schema", "name": name, "strict": True, "schema": schema}}}
 
 

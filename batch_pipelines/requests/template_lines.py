@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS
+from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, MESSAGES, RESPONSES
 from batch_pipelines.requests.custom_ids import CustomIds
 from batch_pipelines.requests.json_text import LARGE_TEXT, arrow_text, is_arrow_text, json_escape, lines_of_array
 from batch_pipelines.requests.media import MediaError, MediaResolver, MediaUploader
@@ -36,11 +36,14 @@ _HOLE_RE = re.compile(rb'"(' + re.escape(_HOLE_BASE.encode()) + rb'[0-9]+@@)"')
 
 
 class _Slot(NamedTuple):
-    """A hole in the line: the custom_id, a template placeholder, or the URL of media part ``media``."""
+    """A hole in the line: the custom_id, a template placeholder, or the URL of media part ``media``
+    (``piece``: the whole URL, or the media type or base64 data of an inlined one, for Anthropic's
+    image blocks)."""
 
     kind: Literal["id", "field", "media"]
     field: Placeholder | None = None
     media: int = -1
+    piece: Literal["url", "media_type", "data"] = "url"
 
 
 class TemplateLines:
@@ -66,7 +69,7 @@ class TemplateLines:
         def text_hole(template: str) -> str:
             return hole([p if isinstance(p, str) else _Slot("field", p) for p in parse_template(template)])
 
-        body = _skeleton(spec, text_hole, lambda i: hole([_Slot("media", media=i)]))
+        body = _skeleton(spec, text_hole, lambda i, piece="url": hole([_Slot("media", media=i, piece=piece)]))
         merge_output_format(body, spec.output_format())
         line = request_line(hole([_Slot("id")]), spec.endpoint, body)
         parts = _cut(dumps(line) + b"\n", holes)
@@ -97,6 +100,8 @@ class TemplateLines:
             resolver = self.resolvers[slot.media]
             resolver.check_only = self.report.failing
             column, render = resolver.part.column, resolver.url
+            if slot.piece != "url":
+                render = _data_url_piece(resolver.url, slot.piece)
             cells = self.df[column].iloc[start:stop]
         else:
             field = slot.field
@@ -129,16 +134,35 @@ class TemplateLines:
         return json_escape(array)
 
 
-def _skeleton(spec: RequestSpec, text_hole: Callable[[str], str], media_hole: Callable[[int], str]) -> dict[str, Any]:
+def _data_url_piece(url: Callable[[Any], str], piece: str) -> Callable[[Any], str]:
+    """The media type or the base64 data of the ``data:`` URL a cell becomes."""
+
+    def render(cell: Any) -> str:
+        value = url(cell)
+        head, sep, data = value.partition(";base64,")
+        if not (head.startswith("data:") and sep):
+            raise MediaError(f"{MESSAGES} takes images inline as base64: {value[:40]!r} is a URL or a file reference")
+        return head.removeprefix("data:") if piece == "media_type" else data
+
+    return render
+
+
+def _skeleton(spec: RequestSpec, text_hole: Callable[[str], str], media_hole: Callable[..., str]) -> dict[str, Any]:
     """The request body with markers where row values go."""
     body: dict[str, Any] = {"model": spec.model}
     messages = [dict(m) for m in spec.messages] if spec.messages is not None else None
-    if messages is None and (spec.endpoint == CHAT_COMPLETIONS or spec.media):
+    if messages is None and (spec.endpoint in (CHAT_COMPLETIONS, MESSAGES) or spec.media):
         messages = [{"role": "user", "content": spec.input_template}]
+    if messages is not None and spec.endpoint == MESSAGES:
+        # Anthropic takes the system prompt as a parameter of its own, not as a message.
+        system = [m.get("content") for m in messages if m.get("role") == "system"]
+        messages = [m for m in messages if m.get("role") != "system"]
+        if system:
+            body["system"] = _holes("\n\n".join(str(text) for text in system), text_hole)
     if messages is not None:
         if spec.media:
             _attach_media(messages, spec, media_hole)
-        body["messages" if spec.endpoint == CHAT_COMPLETIONS else "input"] = _holes(messages, text_hole)
+        body["input" if spec.endpoint == RESPONSES else "messages"] = _holes(messages, text_hole)
     else:
         body["prompt" if spec.endpoint == COMPLETIONS else "input"] = text_hole(spec.input_template or "")
     body.update(spec.body)
@@ -156,13 +180,16 @@ def _holes(value: Any, text_hole: Callable[[str], str]) -> Any:
     return value
 
 
-def _attach_media(messages: list[dict[str, Any]], spec: RequestSpec, media_hole: Callable[[int], str]) -> None:
+def _attach_media(messages: list[dict[str, Any]], spec: RequestSpec, media_hole: Callable[..., str]) -> None:
     """Put the media parts first in the content of the last user message (the spec checked there is one)."""
     target = [m for m in messages if m.get("role") == "user"][-1]
-    chat = spec.endpoint == CHAT_COMPLETIONS
+    chat = spec.endpoint in (CHAT_COMPLETIONS, MESSAGES)  # both take {"type": "text"} parts
     parts: list[dict[str, Any]] = []
     for i, part in enumerate(spec.media):
-        if chat:  # {"type": "image_url", "image_url": {"url": ...}}, likewise video_url
+        if spec.endpoint == MESSAGES:  # {"type": "image", "source": {"type": "base64", ...}}
+            source = {"type": "base64", "media_type": media_hole(i, "media_type"), "data": media_hole(i, "data")}
+            parts.append({"type": "image", "source": source})
+        elif chat:  # {"type": "image_url", "image_url": {"url": ...}}, likewise video_url
             url: dict[str, Any] = {"url": media_hole(i)}
             if part.detail is not None:
                 url["detail"] = part.detail

@@ -19,9 +19,10 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import orjson
 import pyarrow as pa
 
-from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES
+from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, MODERATIONS, RESPONSES
 from batch_pipelines.results.line_formats import Read, Typed
 
 __all__ = [
@@ -37,10 +38,12 @@ __all__ = [
 ]
 
 #: Anthropic Message Batches results: one Messages API response per line (``result.message``).
-ANTHROPIC_MESSAGES = "/v1/messages"
+ANTHROPIC_MESSAGES = MESSAGES
 
 TEXT_COLUMNS = ("content", "finish_reason")
-TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
+#: ``cached_tokens``: input read from the provider's prompt cache; ``cache_write_tokens``: input
+#: written to it (Anthropic bills those apart; OpenAI-style answers have none).
+TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_write_tokens")
 # Line-level columns are held whole until the join knows each line's row: the narrow types keep
 # them small (4-byte string offsets, 4-byte token counts); the join widens what it keeps.
 LINE_TEXT = pa.string()
@@ -64,6 +67,7 @@ def chat_fields(body: dict[str, Any]) -> tuple[Any, ...]:
         usage.get("completion_tokens"),
         usage.get("total_tokens"),
         details.get("cached_tokens"),
+        None,
     )
 
 
@@ -103,10 +107,10 @@ class _ChatBody(msgspec.Struct, gc=False):
             return None
         choice, usage = self.choices[0], self.usage
         if usage is None:
-            return choice.message.content, choice.finish_reason, None, None, None, None
+            return choice.message.content, choice.finish_reason, None, None, None, None, None
         details = usage.prompt_tokens_details
         cached = None if details is None else details.cached_tokens
-        return choice.message.content, choice.finish_reason, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, cached
+        return choice.message.content, choice.finish_reason, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, cached, None
 
 
 class _ChatResponse(msgspec.Struct, gc=False):
@@ -136,18 +140,25 @@ def _responses_fields(body: dict[str, Any]) -> tuple[Any, ...]:
     usage = body.get("usage") or _NO_FIELDS
     details = usage.get("input_tokens_details") or _NO_FIELDS
     tokens = (usage.get("input_tokens"), usage.get("output_tokens"), usage.get("total_tokens"), details.get("cached_tokens"))
-    return ("".join(parts) if parts else None), reason, *tokens
+    return ("".join(parts) if parts else None), reason, *tokens, details.get("cache_write_tokens")
 
 
 def _message_fields(body: dict[str, Any]) -> tuple[Any, ...]:
-    parts = [_text(block["text"]) for block in body["content"] if block.get("type") == "text"]
+    """A Messages answer: its text; without text (structured output through a forced tool, which
+    answers with one ``tool_use`` block) the tool's input as JSON."""
+    blocks = body["content"]
+    parts = [_text(block["text"]) for block in blocks if block.get("type") == "text"]
+    text = "".join(parts) if parts else None
+    if text is None:
+        tool = next((block for block in blocks if block.get("type") == "tool_use"), None)
+        text = None if tool is None else orjson.dumps(tool["input"]).decode()
     usage = body.get("usage") or _NO_FIELDS
     # Anthropic counts cached input apart from input_tokens; OpenAI's prompt_tokens include it.
     fresh, output = usage.get("input_tokens"), usage.get("output_tokens")
     read, written = usage.get("cache_read_input_tokens"), usage.get("cache_creation_input_tokens")
     prompt = None if fresh is None else fresh + (read or 0) + (written or 0)
     total = None if prompt is None or output is None else prompt + output
-    return ("".join(parts) if parts else None), body.get("stop_reason"), prompt, output, total, read
+    return text, body.get("stop_reason"), prompt, output, total, read, written
 
 
 def _embedding_fields(body: dict[str, Any]) -> tuple[Any, ...]:
@@ -166,13 +177,13 @@ def _moderation_fields(body: dict[str, Any]) -> tuple[Any, ...]:
     result = body["results"][0]
     if type(result["flagged"]) is not bool:
         raise TypeError("results[0].flagged is not a boolean")
-    return result["flagged"], result, None, None, None, None  # moderations report no usage
+    return result["flagged"], result, None, None, None, None, None  # moderations report no usage
 
 
-def _openai_usage(body: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+def _openai_usage(body: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
     usage = body.get("usage") or _NO_FIELDS
     details = usage.get("prompt_tokens_details") or _NO_FIELDS
-    return usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens"), details.get("cached_tokens")
+    return usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens"), details.get("cached_tokens"), None
 
 
 def _text(value: Any) -> str | None:

@@ -16,7 +16,7 @@ from batch_pipelines.results.summary import Prices
 __all__ = ["table_prices"]
 
 #: Our provider names -> the table's provider ids (a gateway or the local provider: looked up by model alone).
-_PROVIDER_IDS = {"openai": "openai", "moonshot": "moonshotai", "groq": "groq"}
+_PROVIDER_IDS = {"openai": "openai", "moonshot": "moonshotai", "groq": "groq", "anthropic": "anthropic"}
 _MILLION = 1_000_000
 
 
@@ -24,7 +24,7 @@ def table_prices(provider: str, model: str) -> Prices | None:
     """``model``'s real-time prices on ``provider`` from the price table; None when it has none."""
     try:
         found = calc_price(
-            Usage(input_tokens=_MILLION, output_tokens=_MILLION, cache_read_tokens=_MILLION),
+            Usage(input_tokens=3 * _MILLION, output_tokens=_MILLION, cache_read_tokens=_MILLION, cache_write_tokens=_MILLION),
             model_ref=model,
             provider_id=_PROVIDER_IDS.get(provider),
         )
@@ -32,12 +32,16 @@ def table_prices(provider: str, model: str) -> Prices | None:
         return None
     price = found.model_price
     try:  # a price by tiers (the first million at one rate...) is no flat rate: no price then
-        rates = [None if r is None else float(r) for r in (price.input_mtok, price.output_mtok, price.cache_read_mtok)]
+        rates = [
+            None if r is None else float(r)
+            for r in (price.input_mtok, price.output_mtok, price.cache_read_mtok, price.cache_write_mtok)
+        ]
     except TypeError:
         return None
     return Prices(
         input_per_million=rates[0] or 0.0,
         output_per_million=rates[1] or 0.0,
         cached_input_per_million=rates[2],
+        cache_write_per_million=rates[3],
         source=f"genai-prices {version('genai-prices')}",
     )

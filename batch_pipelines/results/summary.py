@@ -26,14 +26,21 @@ class Prices(BaseModel):
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(ge=0)
     cached_input_per_million: float | None = Field(default=None, ge=0)
+    #: Input written to the prompt cache (Anthropic bills it above the input price); None: the input price.
+    cache_write_per_million: float | None = Field(default=None, ge=0)
     #: Where the prices come from: "configured", or the price table and its version.
     source: str = "configured"
 
-    def batch_cost(self, profile: ProviderProfile, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
-        """USD for these tokens through ``profile``'s Batch API (its discount applied)."""
+    def batch_cost(
+        self, profile: ProviderProfile, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> float:
+        """USD for these tokens through ``profile``'s Batch API (its discount applied); ``input_tokens``
+        include the cached ones, read and written."""
         cached = self.input_per_million if self.cached_input_per_million is None else self.cached_input_per_million
+        written = self.input_per_million if self.cache_write_per_million is None else self.cache_write_per_million
+        fresh = input_tokens - cached_tokens - cache_write_tokens
         full = (
-            (input_tokens - cached_tokens) * self.input_per_million + cached_tokens * cached + output_tokens * self.output_per_million
+            fresh * self.input_per_million + cached_tokens * cached + cache_write_tokens * written + output_tokens * self.output_per_million
         ) / 1_000_000
         return full * (1 - profile.batch_discount)
 
@@ -58,6 +65,7 @@ class ResultSummary(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     #: In the currency of the Prices given, after the batch discount; None without prices.
     cost: float | None = None
     #: Share of rows without a usable answer: 1 - succeeded / rows.
@@ -91,7 +99,11 @@ def summarize(
     cost = None
     if prices is not None and profile is not None:
         cost = prices.batch_cost(
-            profile, input_tokens=tokens["prompt_tokens"], output_tokens=tokens["completion_tokens"], cached_tokens=tokens["cached_tokens"]
+            profile,
+            input_tokens=tokens["prompt_tokens"],
+            output_tokens=tokens["completion_tokens"],
+            cached_tokens=tokens["cached_tokens"],
+            cache_write_tokens=tokens["cache_write_tokens"],
         )
     anomalies = anomalies or ResultAnomalies()
     return ResultSummary(

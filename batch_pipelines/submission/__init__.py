@@ -7,10 +7,13 @@ partition's batches can reach, and gets back which batch runs each shard.
 - :mod:`.layout` where a partition's request files, attempts and downloads live;
 - :mod:`.lock` one submitter at a time per partition;
 - :mod:`.submitter` submit once, re-attach, keep the first of racing submitters;
+- :mod:`.batch_records` the tags of batches at providers that keep no metadata (Anthropic),
+  recorded before paying, orphans of a crash found and proven;
 - :mod:`.cancel` cancel the live batches of partitions (found by their tags), of a stopped run,
   or superseded by rebuilt request files.
 """
 
+from batch_pipelines.submission.batch_records import RecordedBatches
 from batch_pipelines.submission.cancel import cancel_partition_batches, cancel_run_batches, cancel_superseded
 from batch_pipelines.submission.layout import PartitionFolder, partition_dir, reuse_dir
 from batch_pipelines.submission.lock import partition_lock
@@ -39,6 +42,7 @@ __all__ = [
     "PartitionFolder",
     "RESUBMIT_TAG",
     "RUN_TAG",
+    "RecordedBatches",
     "SHARD_TAG",
     "Submission",
     "SubmittedBatch",

@@ -98,7 +98,7 @@ def test_the_typed_road_for_chat_lines_changes_no_answer():
     taken = [cid for cid in map(taken_by_typed, raws) if cid is not None]
     assert taken[:4] == ["plain", "cached", "null-content", "unicode"]  # the common lines go the fast way
     assert {"usage-zero", "tokens-text", "content-number", "second-choice-odd", "status-float", "http-429"}.isdisjoint(taken)
-    assert TYPED[CHAT].decode(raws[1]).response.body.values() == ("fine", "stop", 10, 5, 15, 7)
+    assert TYPED[CHAT].decode(raws[1]).response.body.values() == ("fine", "stop", 10, 5, 15, 7, None)
 
 
 def test_embeddings_vectors_as_float32_lists_base64_too(tmp_path):

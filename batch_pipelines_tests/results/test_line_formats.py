@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 
 from batch_pipelines.providers.base import ResultFiles
 from batch_pipelines.results import CorruptLine, ResultLine, iter_result_lines, join_results, plan_retry
@@ -70,3 +71,18 @@ def test_anthropic_lines_give_the_same_records(tmp_path):
     assert outcomes(joined.frame) == {"r0": "succeeded", "r1": "failed", "r2": "failed", "r3": "cancelled", "r4": "expired", "r5": "missing"}
     assert joined.anomalies.corrupt_lines == 1 and "unknown result type" in joined.anomalies.corrupt_examples[0].message
     assert plan_retry(joined.frame).custom_ids == ["r1", "r3", "r4", "r5"]  # 529 and the unfinished, not the 400
+
+
+def test_a_forced_tools_input_is_the_answer_and_cache_writes_are_counted(tmp_path):
+    message = {
+        "type": "message",
+        "content": [{"type": "tool_use", "id": "t", "name": "Label", "input": {"label": "spam", "score": 0.5}}],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 4, "output_tokens": 6, "cache_read_input_tokens": 10, "cache_creation_input_tokens": 20},
+    }
+    path = write_lines(tmp_path / "tool.jsonl", [{"custom_id": "r0", "result": {"type": "succeeded", "message": message}}])
+    df, ids = source(1)
+    frame = join_results(df, ids, [ResultFiles(batch_id="msgbatch_1", output_path=path)], endpoint="/v1/messages").frame
+    row = frame.set_index("custom_id").loc["r0"]
+    assert orjson.loads(row["content"]) == {"label": "spam", "score": 0.5} and row["finish_reason"] == "tool_use"
+    assert (row["prompt_tokens"], row["cached_tokens"], row["cache_write_tokens"], row["total_tokens"]) == (34, 10, 20, 40)

@@ -24,3 +24,10 @@ def test_batch_cost_applies_the_profile_discount_and_the_cached_price():
     assert prices.batch_cost(moonshot, input_tokens=1_000_000, output_tokens=0, cached_tokens=400_000) == pytest.approx(
         (0.6 * 2 + 0.4 * 0.5) * 0.6
     )
+
+
+def test_cache_reads_and_writes_are_priced_apart_with_the_batch_discount():
+    anthropic = get_profile("anthropic")
+    prices = Prices(input_per_million=1.0, output_per_million=5.0, cached_input_per_million=0.1, cache_write_per_million=1.25)
+    cost = prices.batch_cost(anthropic, input_tokens=3_000_000, output_tokens=1_000_000, cached_tokens=1_000_000, cache_write_tokens=1_000_000)
+    assert cost == pytest.approx((1.0 + 0.1 + 1.25 + 5.0) * 0.5)
