@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from batch_pipelines import results as _results
 from batch_pipelines.pipeline.checks import evaluate_checks
-from batch_pipelines.pipeline.ledger import Round, control_metadata, load_round
+from batch_pipelines.pipeline.ledger import SUBMITTED_COST_KEY, Round, control_metadata, load_round
 from batch_pipelines.pipeline.metadata import results_preview
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.pipeline.runtime import PipelineRuntime
@@ -92,7 +92,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
                     plan, source, ids, rt.spec, folder.attempt(plan.attempt), profile=resource.profile, policy=rt.options.policy,
                     send_once=rt.send_once(context, resource),
                 )  # fmt: skip
-                rt.check_budget(resource, retry, spent=summary.cost or 0.0)
+                retry_cost = rt.check_budget(context, resource, retry, spent=summary.cost or 0.0)
                 records = [s.record for s in submitter.submit(retry, asset=rt.results_key.to_user_string())]
             context.log_event(
                 dg.AssetObservation(
@@ -102,6 +102,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
                         **control_metadata("retry", current.storage_id, records),
                         "attempt": plan.attempt,
                         "retried_rows": len(plan.custom_ids),
+                        **({SUBMITTED_COST_KEY: dg.MetadataValue.float(retry_cost)} if retry_cost is not None else {}),
                         "retry_reasons": dg.MetadataValue.json(plan.retry_reasons),
                         **summary.to_metadata(),
                     },

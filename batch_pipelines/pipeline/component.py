@@ -153,6 +153,7 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable):
     #: Fixed extra batch metadata (a team tag), at most 8 pairs.
     batch_tags: dict[str, str] | None = DEFAULT_OPTIONS.batch_tags  # type: ignore[assignment]
     max_cost_per_partition_usd: float | None = DEFAULT_OPTIONS.max_cost_per_partition_usd
+    max_cost_per_run_usd: float | None = DEFAULT_OPTIONS.max_cost_per_run_usd
     max_requests_per_shard: int | None = DEFAULT_OPTIONS.max_requests_per_shard
     sensor_minimum_interval_seconds: int = DEFAULT_OPTIONS.sensor_minimum_interval_seconds
     sensor_tick_budget_seconds: float = DEFAULT_OPTIONS.sensor_tick_budget_seconds

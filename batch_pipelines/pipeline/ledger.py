@@ -28,6 +28,7 @@ __all__ = [
     "ROUND_KEY",
     "Round",
     "REUSE_RUN_TAG",
+    "SUBMITTED_COST_KEY",
     "batches_metadata",
     "control_metadata",
     "first_built",
@@ -35,6 +36,7 @@ __all__ = [
     "metadata_int",
     "metadata_text",
     "read_batches",
+    "run_submitted_cost",
 ]
 
 #: Metadata key of the machine-readable list of batches a materialization or observation submitted.
@@ -43,6 +45,8 @@ BATCHES_KEY = "batch_pipelines/batches"
 CONTROL_KEY = "batch_pipelines/control"
 #: Metadata key of the round (storage id of the ``<name>_batch`` materialization) a control record belongs to.
 ROUND_KEY = "batch_pipelines/round"
+#: Metadata key of the estimated cost (USD) of what a materialization or retry observation submitted.
+SUBMITTED_COST_KEY = "submitted_cost_usd"
 #: Run tags of the results runs the sensor launches.
 PIPELINE_RUN_TAG = "batch_pipelines/pipeline"
 ATTEMPT_RUN_TAG = "batch_pipelines/attempt"
@@ -67,6 +71,17 @@ def read_batches(metadata: Mapping[str, Any]) -> list[SubmittedBatch]:
 def control_metadata(kind: Literal["retry", "cancel"], round_id: int, batches: Sequence[SubmittedBatch] = ()) -> dict[str, Any]:
     """Metadata of a control observation on ``<name>_results``."""
     return {CONTROL_KEY: kind, ROUND_KEY: dg.MetadataValue.int(round_id), BATCHES_KEY: batches_metadata(batches)}
+
+
+def run_submitted_cost(instance: dg.DagsterInstance, run_id: str) -> float:
+    """The estimated cost (USD) of everything the run has submitted so far, in any pipeline."""
+    total = 0.0
+    kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_OBSERVATION}
+    for entry in instance.all_logs(run_id, of_type=kinds):
+        event = entry.asset_materialization or entry.asset_observation
+        value = event.metadata.get(SUBMITTED_COST_KEY) if event is not None else None
+        total += float(getattr(value, "value", value) or 0.0)
+    return total
 
 
 def metadata_int(value: Any) -> int | None:

@@ -69,6 +69,9 @@ class PipelineOptions:
     #: Refuse to submit a partition whose estimated cost (USD) exceeds this, before any upload
     #: (the resource's ``max_cost_per_partition_usd`` applies too: the lower wins).
     max_cost_per_partition_usd: float | None = None
+    #: Refuse a submission that would take the estimated cost of what one run submits (every
+    #: pipeline's batches and retries in it) over this (USD); the resource's applies too.
+    max_cost_per_run_usd: float | None = None
     #: Split request files further than the provider's limits require.
     max_requests_per_shard: int | None = None
     #: Seconds between two sensor ticks.
@@ -89,8 +92,9 @@ class PipelineOptions:
             raise ValueError(f"failure_rate_threshold must be within [0, 1], got {self.failure_rate_threshold}")
         if self.reuse_retention_days <= 0:
             raise ValueError(f"reuse_retention_days must be positive, got {self.reuse_retention_days}")
-        if self.max_cost_per_partition_usd is not None and self.max_cost_per_partition_usd < 0:
-            raise ValueError(f"max_cost_per_partition_usd must be >= 0, got {self.max_cost_per_partition_usd}")
+        for name in ("max_cost_per_partition_usd", "max_cost_per_run_usd"):
+            if (value := getattr(self, name)) is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if isinstance(self.batch_tags, Mapping) and len(self.batch_tags) > MAX_USER_TAGS:
             raise ValueError(f"batch_tags has {len(self.batch_tags)} pairs; at most {MAX_USER_TAGS} are left for yours")
 

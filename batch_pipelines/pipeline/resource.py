@@ -136,6 +136,14 @@ class BatchProviderResource(dg.ConfigurableResource):
             "anything is uploaded; every pipeline of the code location. A pipeline's own budget applies too."
         ),
     )
+    max_cost_per_run_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Refuse a submission that would take what one run submits (estimated USD, every pipeline's batches and "
+            "retries in it) over this, before anything is uploaded. A pipeline's own run budget applies too."
+        ),
+    )
 
     # Where the tags of batches at a provider without metadata are recorded (the storage root of
     # the instance the resource was set up with): every run worker of the deployment sees them.

@@ -17,7 +17,16 @@ import dagster as dg
 import pandas as pd
 
 from batch_pipelines.pipeline.blocking import cancel_if_stopped, wait_for_batches
-from batch_pipelines.pipeline.ledger import BATCHES_KEY, REUSE_RUN_TAG, batches_metadata, control_metadata, first_built, load_round
+from batch_pipelines.pipeline.ledger import (
+    BATCHES_KEY,
+    REUSE_RUN_TAG,
+    SUBMITTED_COST_KEY,
+    batches_metadata,
+    control_metadata,
+    first_built,
+    load_round,
+    run_submitted_cost,
+)
 from batch_pipelines.pipeline.metadata import first_requests, rejected_preview
 from batch_pipelines.pipeline.options import PipelineOptions
 from batch_pipelines.pipeline.resource import BatchProviderResource
@@ -187,7 +196,7 @@ class PipelineRuntime:
                 if not manifest_path.exists():
                     raise dg.Failure(f"no request files at {manifest_path}: materialize {self.name}_requests for this partition first")
                 manifest = RequestManifest.read(manifest_path)
-                self.check_budget(resource, manifest)
+                cost = self.check_budget(context, resource, manifest)
                 submitted = self.submitter(context, resource, provider, partition).submit(manifest, asset=self.batch_key.to_user_string())
             batches = [s.batch for s in submitted]
             watched.extend(b.id for b in batches)
@@ -205,15 +214,22 @@ class PipelineRuntime:
             "provider": resource.provider,
             "completion_window": resource.window,
         }
+        if cost is not None and any(not s.reattached for s in submitted):
+            # What this run paid for: a per-run budget adds it up (a re-attached batch was paid before).
+            new = sum(manifest.shards[s.record.shard].rows for s in submitted if not s.reattached)
+            metadata[SUBMITTED_COST_KEY] = dg.MetadataValue.float(cost * new / manifest.requests)
         if links:
             metadata["console"] = dg.MetadataValue.md("\n".join(f"- [{i}]({url})" for i, url in links.items()))
         return dg.MaterializeResult(metadata=metadata)
 
     # ---- cost before spending -------------------------------------------------------------------
-    def budget(self, resource: BatchProviderResource) -> float | None:
-        """The lowest of the pipeline's and the resource's per-partition budgets (USD), if any."""
-        limits = [b for b in (self.options.max_cost_per_partition_usd, resource.max_cost_per_partition_usd) if b is not None]
-        return min(limits) if limits else None
+    def budgets(self, resource: BatchProviderResource) -> dict[str, float]:
+        """The budgets (USD) that apply, by scope ("partition", "run"): the lower of the pipeline's and the resource's."""
+        pairs = {
+            "partition": (self.options.max_cost_per_partition_usd, resource.max_cost_per_partition_usd),
+            "run": (self.options.max_cost_per_run_usd, resource.max_cost_per_run_usd),
+        }
+        return {scope: min(v for v in values if v is not None) for scope, values in pairs.items() if any(v is not None for v in values)}
 
     def estimate(self, resource: BatchProviderResource, manifest: RequestManifest) -> tuple[RequestEstimate, Prices | None, float | None]:
         """Tokens of ``manifest``'s requests, the prices used, and the cost bound (USD; None without a bound)."""
@@ -234,37 +250,43 @@ class PipelineRuntime:
         }
         if cost is not None:
             metadata["estimated_cost_usd"] = dg.MetadataValue.float(cost)
-        budget = self.budget(resource)
-        if budget is not None:
-            metadata["budget_usd"] = dg.MetadataValue.float(budget)
+        for scope, budget in self.budgets(resource).items():
+            metadata["budget_usd" if scope == "partition" else "run_budget_usd"] = dg.MetadataValue.float(budget)
         return metadata
 
-    def check_budget(self, resource: BatchProviderResource, manifest: RequestManifest, *, spent: float = 0.0) -> None:
-        """Refuse, before anything is uploaded, a submission whose cost may take the partition over its budget.
+    def check_budget(
+        self, context: Context, resource: BatchProviderResource, manifest: RequestManifest, *, spent: float = 0.0
+    ) -> float | None:
+        """Refuse, before anything is uploaded, a submission whose cost may take the partition or the run over budget.
 
-        ``spent`` is what the partition's round has cost so far (a retry's earlier attempts).
+        ``spent`` is what the partition's round has cost so far (a retry's earlier attempts); what
+        the run submitted so far is read from its event log. Returns the estimated cost (None:
+        no prices, or no bound on the answers).
         """
-        budget = self.budget(resource)
-        if budget is None or not manifest.requests:
-            return
-        tokens, prices, cost = self.estimate(resource, manifest)
-        if prices is None:
-            why = f"no price is known for model {self.spec.model!r}: set the resource's input and output prices"
-        elif cost is None:
-            why = "the answers' length is not bounded: set max_tokens (or max_completion_tokens) in the request body"
-        elif cost + spent > budget:
-            so_far = f", after {spent:.6g} USD spent on earlier attempts" if spent else ""
-            why = (
-                f"the estimated cost is {cost:.6g} USD ({tokens.requests} requests, about {tokens.input_tokens} input "
-                f"and at most {tokens.max_output_tokens} output tokens, {prices.source} prices){so_far}, over the budget"
+        tokens, prices, cost = self.estimate(resource, manifest) if manifest.requests else (None, None, 0.0)
+        for scope, budget in self.budgets(resource).items():
+            if not manifest.requests:
+                break
+            so_far = spent if scope == "partition" else run_submitted_cost(context.instance, context.run_id)
+            if prices is None:
+                why = f"no price is known for model {self.spec.model!r}: set the resource's input and output prices"
+            elif cost is None:
+                why = "the answers' length is not bounded: set max_tokens (or max_completion_tokens) in the request body"
+            elif cost + so_far > budget:
+                earlier = "on earlier attempts" if scope == "partition" else "by this run already"
+                after = f", after {so_far:.6g} USD submitted {earlier}" if so_far else ""
+                why = (
+                    f"the estimated cost is {cost:.6g} USD ({tokens.requests} requests, about {tokens.input_tokens} input "  # type: ignore[union-attr]
+                    f"and at most {tokens.max_output_tokens} output tokens, {prices.source} prices){after}, over the budget"  # type: ignore[union-attr]
+                )
+            else:
+                continue
+            raise dg.Failure(
+                description=f"{self.name}: not submitted, nothing uploaded: {why} of {budget:.6g} USD per {scope}",
+                metadata={"budget_usd": dg.MetadataValue.float(budget), **({"estimated_cost_usd": dg.MetadataValue.float(cost)} if cost is not None else {})},
+                allow_retries=False,
             )
-        else:
-            return
-        raise dg.Failure(
-            description=f"{self.name}: not submitted, nothing uploaded: {why} of {budget:.6g} USD per partition",
-            metadata={"budget_usd": dg.MetadataValue.float(budget), **({"estimated_cost_usd": dg.MetadataValue.float(cost)} if cost is not None else {})},
-            allow_retries=False,
-        )
+        return cost
 
     # ---- <name>_cancel --------------------------------------------------------------------------
     def cancel(self, context: dg.OpExecutionContext, partitions: Sequence[str]) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +35,7 @@ from pydantic import SecretStr, ValidationError
 from batch_pipelines.profiles import MESSAGES, ProviderProfile, endpoint_problem, get_profile, window_problem
 from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider, created_since
 from batch_pipelines.providers.errors import APIResponseValidationError, ProviderError
-from batch_pipelines.providers.http import DEFAULT_TIMEOUT, HttpTransport, resolve_api_key
+from batch_pipelines.providers.http import DEFAULT_TIMEOUT, HttpTransport, profile_transport
 from batch_pipelines.providers.retry_policy import RetryPolicy
 from batch_pipelines.providers.types import Batch, BatchStatus, FileObject, RequestCounts, ResultFiles
 
@@ -124,16 +123,10 @@ class AnthropicProvider(BatchProvider):
     ) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         if api is None:
-            url = base_url or self.profile.base_url
-            if not url:
-                raise ProviderError(f"provider {self.profile.name!r} has no base URL: pass base_url=")
-            retry = retry or RetryPolicy()
-            if max_retries is not None:
-                retry = replace(retry, max_retries=max_retries)
-            key = resolve_api_key(api_key, self.profile.api_key_env, self.profile.name)
-            transport = HttpTransport(
-                url, key, timeout=timeout, retry=retry, key_header="x-api-key", headers={"anthropic-version": ANTHROPIC_VERSION}
-            )
+            transport = profile_transport(
+                self.profile, api_key=api_key, base_url=base_url, max_retries=max_retries, retry=retry, timeout=timeout,
+                key_header="x-api-key", headers={"anthropic-version": ANTHROPIC_VERSION},
+            )  # fmt: skip
             api = _HttpMessageBatches(transport)
         self._api = api
 

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import replace
 from collections.abc import Callable, Generator, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,9 +34,10 @@ from batch_pipelines.providers.errors import (
     ProviderError,
     status_error_class,
 )
+from batch_pipelines.profiles import ProviderProfile
 from batch_pipelines.providers.retry_policy import RetryPolicy
 
-__all__ = ["DEFAULT_TIMEOUT", "HttpTransport", "RetryPolicy", "resolve_api_key", "write_atomically"]
+__all__ = ["DEFAULT_TIMEOUT", "HttpTransport", "RetryPolicy", "profile_transport", "resolve_api_key", "write_atomically"]
 
 _log = logging.getLogger(__name__)
 
@@ -241,3 +243,27 @@ class HttpTransport:
     def _redact(self, text: str) -> str:
         secret = self._api_key.get_secret_value()
         return text.replace(secret, _REDACTED) if secret in text else text
+
+
+def profile_transport(
+    profile: ProviderProfile,
+    *,
+    api_key: str | SecretStr | None,
+    base_url: str | None,
+    max_retries: int | None,
+    retry: RetryPolicy | None,
+    timeout: float | httpx.Timeout,
+    **options: Any,
+) -> HttpTransport:
+    """The transport a provider client of ``profile`` talks through: its base URL (or ``base_url``),
+    its key (or the profile's environment variable), the retry policy (``max_retries`` overriding
+    it); ``options`` go to :class:`HttpTransport` (key header, extra headers)."""
+    url = base_url or profile.base_url
+    if not url:
+        raise ProviderError(f"provider {profile.name!r} has no base URL: pass base_url=")
+    retry = retry or RetryPolicy()
+    if max_retries is not None:
+        retry = replace(retry, max_retries=max_retries)
+    key = resolve_api_key(api_key, profile.api_key_env, profile.name)
+    return HttpTransport(url, key, timeout=timeout, retry=retry, **options)
+

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import replace
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ from pydantic import SecretStr, ValidationError
 from batch_pipelines.profiles import ProviderProfile, endpoint_problem, get_profile, metadata_problem, window_problem
 from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider, created_since
 from batch_pipelines.providers.types import Batch, BatchError, BatchStatus, FileObject
-from batch_pipelines.providers.errors import APIResponseValidationError, NotFoundError, ProviderError
-from batch_pipelines.providers.http import DEFAULT_TIMEOUT, HttpTransport, resolve_api_key
+from batch_pipelines.providers.errors import APIResponseValidationError, NotFoundError
+from batch_pipelines.providers.http import DEFAULT_TIMEOUT, profile_transport
 from batch_pipelines.providers.retry_policy import RetryPolicy
 
 __all__ = ["OpenAICompatibleProvider", "batch_create_body", "iter_batches", "parse_batch", "parse_file"]
@@ -55,14 +54,9 @@ class OpenAICompatibleProvider(BatchProvider):
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
-        url = base_url or self.profile.base_url
-        if not url:
-            raise ProviderError(f"provider {self.profile.name!r} has no base URL: pass base_url=")
-        retry = retry or RetryPolicy()
-        if max_retries is not None:
-            retry = replace(retry, max_retries=max_retries)
-        key = resolve_api_key(api_key, self.profile.api_key_env, self.profile.name)
-        self._http = HttpTransport(url, key, timeout=timeout, retry=retry)
+        self._http = profile_transport(
+            self.profile, api_key=api_key, base_url=base_url, max_retries=max_retries, retry=retry, timeout=timeout
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(profile={self.profile.name!r}, base_url={self._http.base_url!r})"

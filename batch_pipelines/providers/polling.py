@@ -37,9 +37,12 @@ def poll_batches(
             return exc
 
     pool = ThreadPoolExecutor(max_workers=min(max_workers, len(batch_ids)), thread_name_prefix="batch-poll")
-    futures = {pool.submit(retrieve, batch_id): batch_id for batch_id in batch_ids}
-    done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-    # Queued polls are dropped; running ones finish in the background and are ignored.
-    pool.shutdown(wait=False, cancel_futures=True)
+    try:
+        futures = {pool.submit(retrieve, batch_id): batch_id for batch_id in batch_ids}
+        done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        # Queued polls are dropped; running ones finish in the background and are ignored. Also
+        # when the wait is interrupted (a run terminated): idle workers must not outlive it.
+        pool.shutdown(wait=False, cancel_futures=True)
     answers = {futures[f]: f.result() for f in done if not f.cancelled()}
     return {batch_id: answer for batch_id, answer in answers.items() if answer is not None}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from batch_pipelines import RequestSpec
+from batch_pipelines.pipeline import REUSE_RUN_TAG
 from batch_pipelines.local_service import FaultPlan
 from batch_pipelines.profiles import MESSAGES
 from batch_pipelines_tests.support.driver import CATEGORIES, KEY_ENV, Label
@@ -71,8 +72,12 @@ def test_partitions_structured_output_retries_and_expiry(harness, anthropic):
     expired = [b for b in service_batches(svc) if b["status"] == "expired"]
     assert len(expired) == 1 and 0 < expired[0]["request_counts"]["completed"] < 20
     assert len(service_batches(svc)) == 4  # one batch per day and attempt, none twice
-    # Submitting again re-attaches through the recorded tags: no new batch, nothing paid twice.
+    # Submitting a finished day again sends nothing: every answer is reused.
     h.submit([DAYS2[0]])
+    assert h.latest_metadata(h.pipeline.requests_asset, DAYS2[0])["rows_to_send"] == 0
+    assert len(service_batches(svc)) == 4
+    # A full resend (reuse bypassed for the run) re-attaches through the recorded tags: nothing paid twice.
+    h.run([h.texts, h.pipeline.requests_asset, h.pipeline.batch_asset], DAYS2[0], tags={REUSE_RUN_TAG: "off"})
     assert h.latest_metadata(h.pipeline.batch_asset, DAYS2[0])["reattached"] == 1
     assert len(service_batches(svc)) == 4
     for run in h.instance.get_runs():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from batch_pipelines_tests.support.driver import SPEC
+from batch_pipelines_tests.support.driver import SPEC, build, make_resource, make_texts
 from batch_pipelines_tests.support.service import service_batches
 
 DAY = "2024-01-01"
@@ -49,3 +49,28 @@ def test_a_budget_needs_a_bound_on_the_answers(harness, service):
     with pytest.raises(dg.Failure, match="set max_tokens"):
         h.materialize([h.pipeline.batch_asset], DAY)
     _nothing_uploaded(service)
+
+
+def test_a_run_budget_counts_what_the_run_already_submitted(instance, service, tmp_path):
+    """Two pipelines in one run: the first fits the run's budget, the second would take it over."""
+    texts = make_texts(4)
+    first, second = (build(name, source=texts, spec=CAPPED, max_cost_per_run_usd=1.0) for name in ("first", "second"))
+    resource = make_resource(service.base_url, tmp_path / "storage", **PRICES)
+
+    def materialize(selection, **kwargs):
+        assets = [texts, *first.assets, *second.assets]
+        return dg.materialize(assets, selection=selection, partition_key=DAY, instance=instance, resources={"batch_provider": resource}, **kwargs)
+
+    materialize([texts, first.requests_asset, second.requests_asset])
+    one = instance.fetch_materializations(first.requests_asset.key, limit=1).records[0].asset_materialization.metadata
+    cost = one["estimated_cost_usd"].value
+    assert one["run_budget_usd"].value == pytest.approx(1.0)
+    first, second = (build(name, source=texts, spec=CAPPED, max_cost_per_run_usd=cost * 1.5) for name in ("first", "second"))
+
+    result = materialize([first.batch_asset, second.batch_asset], raise_on_error=False)
+
+    assert len(service_batches(service)) == 1  # one pipeline's batch went, the other was refused before any upload
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert len(failures) == 1
+    message = failures[0].step_failure_data.error.message
+    assert "per run" in message and "submitted by this run already" in message

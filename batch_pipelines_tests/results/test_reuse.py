@@ -26,6 +26,7 @@ def _joined() -> pd.DataFrame:
         "prompt_tokens": pd.array([6, None, None, None], dtype="Int64"),
         "completion_tokens": pd.array([4, None, None, None], dtype="Int64"),
         "cached_tokens": pd.array([0, None, None, None], dtype="Int64"),
+        "cache_write_tokens": pd.array([0, None, None, None], dtype="Int64"),
         "status_code": pd.array([200, None, None, None], dtype="Int16"),
         "error_code": pd.array([None] * 4, dtype="str"),
         "error_message": pd.array([None, "absent", "absent", "absent"], dtype="str"),
