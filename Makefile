@@ -33,8 +33,8 @@ run: setup
 
 # The local batch service alone, with realistic pacing; see README "Try the local service".
 serve: setup
-	$(BIN)/batch-pipelines serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) \
-		--profile moonshot --speed realistic --api-key local-dev-key
+	BATCH_PIPELINES_LOCAL_API_KEY=local-dev-key $(BIN)/batch-pipelines serve --host $(HOST) --port $(PORT) \
+		--data-dir $(DATA_DIR) --profile moonshot --speed realistic
 
 # The demo end to end without the UI, on a temporary instance; fails if a row is unaccounted for.
 smoke: setup

@@ -4,11 +4,12 @@
 (Anthropic's Message Batches under ``/v1/messages/batches`` with ``--profile anthropic``)
 on this machine (see ``batch_pipelines.local_service``)::
 
-    batch-pipelines serve --port 8787 --data-dir .local_service --profile moonshot \
-        --speed realistic --api-key sk-local
+    BATCH_PIPELINES_LOCAL_API_KEY=sk-local batch-pipelines serve --port 8787 \
+        --data-dir .local_service --profile moonshot --speed realistic
 
-The API key may also come from the environment variable ``BATCH_PIPELINES_LOCAL_API_KEY``; with
-neither, the service accepts every request (it binds 127.0.0.1 unless told otherwise).
+The API key comes from that environment variable, ``--api-key-file`` or ``--api-key`` (visible
+in ``ps``); without one the service accepts every request, and then binds only the loopback
+unless ``--allow-no-key`` says otherwise. An empty key is refused.
 """
 
 from __future__ import annotations
@@ -37,11 +38,50 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument(
         "--time-scale", type=float, default=1.0, help="completion-window speed-up (8640: a 24h window lasts 10 s)"
     )
-    serve.add_argument("--api-key", default=None, help=f"bearer key clients must send (or env {API_KEY_ENV})")
+    serve.add_argument(
+        "--api-key", default=None, help=f"bearer key clients must send; prefer env {API_KEY_ENV} or --api-key-file (a command line is visible to every local user)"
+    )
+    serve.add_argument("--api-key-file", type=Path, default=None, help="file holding the key clients must send")
+    serve.add_argument(
+        "--allow-no-key", action="store_true", help="serve beyond this machine without a key (refused otherwise)"
+    )
     serve.set_defaults(handler=_serve)
 
     args = parser.parse_args(argv)
     args.handler(args)
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The key clients must send: --api-key-file, --api-key or the environment; None to accept every request.
+
+    An empty key is a mistake, not "no key"; no key beyond the loopback needs --allow-no-key.
+    """
+    if args.api_key_file is not None:
+        key: str | None = args.api_key_file.read_text(encoding="utf-8").strip()
+        where = f"the file {args.api_key_file}"
+    elif args.api_key is not None:
+        key, where = args.api_key, "--api-key"
+    else:
+        key, where = os.environ.get(API_KEY_ENV), f"${API_KEY_ENV}"
+    if key is not None and not key.strip():
+        raise SystemExit(f"batch-pipelines serve: the API key from {where} is empty; give a key, or none at all")
+    if key is None and not _loopback(args.host) and not args.allow_no_key:
+        raise SystemExit(
+            f"batch-pipelines serve: refusing to serve {args.host} without an API key; set {API_KEY_ENV} "
+            "(or --api-key-file), or pass --allow-no-key"
+        )
+    return key
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -51,7 +91,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     from batch_pipelines.local_service import BatchEngine, create_app
 
-    api_key = args.api_key or os.environ.get(API_KEY_ENV)
+    api_key = _api_key(args)
     engine = BatchEngine(args.data_dir, profile=args.profile, speed=args.speed, time_scale=args.time_scale)
     # Bind first so the printed URL carries the real port, also with --port 0.
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)

@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "ALL_ENDPOINTS",
+    "CUSTOM",
     "CUSTOM_ID_PATTERN",
     "MESSAGES",
     "METADATA_MAX_KEY_CHARS",
@@ -29,6 +30,7 @@ __all__ = [
     "custom_profile",
     "endpoint_problem",
     "get_profile",
+    "resolve_profile",
     "metadata_problem",
     "parse_window",
     "profile_from_json",
@@ -210,6 +212,19 @@ def custom_profile(base_url: str, *, name: str = "custom", **facts: object) -> P
     """A profile for any OpenAI-compatible service: OpenAI's limits unless ``facts`` say otherwise."""
     base = ProviderProfile(name=name, base_url=base_url, api_key_env=None, **_OPENAI_STYLE)
     return replace(base, **facts)  # type: ignore[arg-type]
+
+
+#: The provider name of any OpenAI-compatible service at a base URL of the user's (see custom_profile).
+CUSTOM = "custom"
+
+
+def resolve_profile(name: str, base_url: str | None = None) -> ProviderProfile:
+    """The profile a provider name stands for: ``"custom"`` is :func:`custom_profile` at ``base_url``."""
+    if name == CUSTOM:
+        if not base_url:
+            raise ValueError("provider 'custom' needs base_url: the OpenAI-compatible service's URL")
+        return custom_profile(base_url)
+    return get_profile(name)
 
 
 def get_profile(name: str) -> ProviderProfile:

@@ -53,14 +53,15 @@ def test_readme_example_runs_against_the_local_service(tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(example.replace(f":{MAKE_SERVE_PORT}/", f":{port}/"))
     makefile = (ROOT / "Makefile").read_text()
-    assert "--profile moonshot --speed realistic --api-key local-dev-key" in makefile
+    assert "BATCH_PIPELINES_LOCAL_API_KEY=local-dev-key" in makefile and "--profile moonshot --speed realistic" in makefile
+    assert "--api-key local-dev-key" not in makefile  # the key stays off the command line
 
     serve = [
         sys.executable, "-m", "batch_pipelines.cli", "serve", "--port", str(port),
         "--data-dir", str(tmp_path / "data"), "--profile", "moonshot", "--speed", "realistic",
-        "--api-key", "local-dev-key",
     ]  # fmt: skip
-    proc = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**os.environ, "BATCH_PIPELINES_LOCAL_API_KEY": "local-dev-key"}
+    proc = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         _wait_until_serving(f"http://127.0.0.1:{port}/v1/batches", proc)
         run = subprocess.run(

@@ -31,7 +31,7 @@ import dagster as dg
 import httpx
 from pydantic import Field, PrivateAttr
 
-from batch_pipelines.profiles import ProviderProfile, custom_profile, get_profile
+from batch_pipelines.profiles import ProviderProfile, get_profile, resolve_profile
 from batch_pipelines.providers import LOCAL, Batch, BatchProvider, make_provider
 from batch_pipelines.results import Prices, table_prices
 from batch_pipelines.submission import RecordedBatches, cancel_partition_batches
@@ -158,11 +158,7 @@ class BatchProviderResource(dg.ConfigurableResource):
         """The rules batches are checked against: the provider's, or those the local provider applies."""
         if self.provider == LOCAL:
             return get_profile(self.local_profile)
-        if self.provider == "custom":
-            if not self.base_url:
-                raise ValueError("BatchProviderResource(provider='custom') needs base_url")
-            return custom_profile(self.base_url)
-        return get_profile(self.provider)
+        return resolve_profile(self.provider, self.base_url)
 
     def get_provider(self) -> BatchProvider:
         """A new client for the configured provider (close it, or use it in a ``with`` block).

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from batch_pipelines.profiles import ProviderProfile, get_profile
+from batch_pipelines.profiles import ProviderProfile, get_profile, resolve_profile
 from batch_pipelines.providers.anthropic import AnthropicProvider
 from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider
 from batch_pipelines.providers.types import (
@@ -118,6 +118,6 @@ def make_provider(
     if data_dir is not None or local_options:
         unexpected = ["data_dir"] * (data_dir is not None) + sorted(local_options)
         raise TypeError(f"make_provider({profile!r}): {', '.join(unexpected)} only apply to the local provider")
-    resolved = get_profile(profile) if isinstance(profile, str) else profile
+    resolved = resolve_profile(profile, base_url) if isinstance(profile, str) else profile
     client = AnthropicProvider if resolved.protocol == "anthropic" else OpenAICompatibleProvider
     return client(resolved, api_key=api_key, base_url=base_url, max_retries=max_retries, retry=retry, timeout=timeout)

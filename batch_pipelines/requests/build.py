@@ -31,7 +31,7 @@ from batch_pipelines.requests.source_digest import source_digest, spec_digest
 from batch_pipelines.requests.shards import SHARD_GLOB, Chunk, HeldLines, Limits, ShardWriter, drop_lines
 from batch_pipelines.requests.spec import RequestSpec
 from batch_pipelines.requests.template_lines import TemplateLines
-from batch_pipelines.requests.values import CellError, dumps, is_missing, key_text, not_json
+from batch_pipelines.requests.values import CellError, dumps, is_missing, key_text, not_json, plain_key
 
 #: Fraction of the profile's byte limit left unused. Providers write "100 MB" without saying
 #: whether they mean 10**8 or 100 * 2**20 bytes (4.6 % apart); 5 % covers that and a little more.
@@ -266,9 +266,9 @@ def _hold_back(chunk: Chunk, send_once: SendOnce, prior: pa.Array | None) -> tup
 
 
 def _key_array(keys: pd.Series) -> pa.Array:
-    """Keys for the id map: in their own type where Arrow has one, else as text."""
+    """Keys for the id map: in their own type where Arrow has one, else as text (a lone surrogate escaped)."""
     try:
         array = pa.array(keys, from_pandas=True)
-    except (pa.ArrowException, TypeError, ValueError):
-        array = pa.array([None if is_missing(k) else key_text(k) for k in keys], pa.string())
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError):
+        array = pa.array([None if is_missing(k) else plain_key(key_text(k)) for k in keys], pa.string())
     return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array

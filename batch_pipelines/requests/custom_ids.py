@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from batch_pipelines.profiles import CUSTOM_ID_PATTERN
 from batch_pipelines.requests.json_text import LARGE_TEXT, arrow_text, is_arrow_text
 from batch_pipelines.requests.problems import Problem, RequestValidationError, row_problem
-from batch_pipelines.requests.values import is_missing, key_text
+from batch_pipelines.requests.values import is_missing, key_text, valid_utf8
 
 
 def custom_ids(keys: pd.Series | pd.Index) -> pd.Series:
@@ -38,11 +38,18 @@ def custom_ids(keys: pd.Series | pd.Index) -> pd.Series:
     return pd.Series(pd.array(ids.slice(0, len(series)), dtype="str"), index=series.index, name="custom_id")
 
 
-def _keys_as_text(keys: pd.Series) -> pa.Array:
-    """Each key's text (null where missing); Arrow text keys as they are, without Python objects."""
+def _keys_as_text(keys: pd.Series) -> tuple[pa.Array, list[int]]:
+    """Each key's text (null where missing), and the rows whose key text is not valid UTF-8 (null too).
+
+    Arrow text keys as they are, without Python objects.
+    """
     if is_arrow_text(keys):
-        return arrow_text(keys)
-    return pa.array([None if is_missing(k) else key_text(k) for k in keys], LARGE_TEXT)
+        return arrow_text(keys), []
+    texts = [None if is_missing(k) else key_text(k) for k in keys]
+    invalid = [i for i, t in enumerate(texts) if t is not None and not valid_utf8(t)]
+    for i in invalid:  # a lone surrogate: no custom_id can be made of it
+        texts[i] = None
+    return pa.array(texts, LARGE_TEXT), invalid
 
 
 def _hashed_id(text: str) -> str:
@@ -81,8 +88,10 @@ def row_custom_ids(keys: pd.Series, *, unique: bool | None = None) -> tuple[Cust
     them all.
     """
     integers = pd.api.types.is_integer_dtype(keys.dtype)
-    text = pa.array(keys, from_pandas=True) if integers else _keys_as_text(keys)
+    text, invalid = (pa.array(keys, from_pandas=True), []) if integers else _keys_as_text(keys)
     missing = text.is_null().to_numpy(zero_copy_only=False)
+    unusable = np.zeros(len(keys), dtype=bool)  # a key there, but no custom_id can be made of it
+    unusable[invalid] = True
     unfit = np.zeros(len(keys), dtype=bool)
     if not integers:
         fits = pc.fill_null(pc.match_substring_regex(text, CUSTOM_ID_PATTERN.pattern), False)
@@ -91,7 +100,8 @@ def row_custom_ids(keys: pd.Series, *, unique: bool | None = None) -> tuple[Cust
     if unfit.any():
         hashed = [_hashed_id(t) for t in text.filter(pa.array(unfit)).to_pylist()]
         ids = pc.replace_with_mask(text, pa.array(unfit), pa.array(hashed, LARGE_TEXT))
-    problems = [Problem(code="missing_key", message="key is missing", row=int(r)) for r in np.flatnonzero(missing)]
+    problems = [Problem(code="missing_key", message="key is missing", row=int(r)) for r in np.flatnonzero(missing & ~unusable)]
+    problems += [row_problem("invalid_key", "key is not valid UTF-8 text (a lone surrogate)", r, keys.iloc[r]) for r in invalid]
     duplicate = np.zeros(len(keys), dtype=bool)
     if not (unique if unique is not None else keys.is_unique):
         duplicate = keys.duplicated(keep=False).to_numpy() & ~missing

@@ -37,7 +37,7 @@ def read_values(df: pd.DataFrame, spec: RequestSpec) -> pa.Table | None:
     keys = df.index if spec.key_column is None else df[spec.key_column]
     try:
         columns = {_KEY: pa.array(keys, from_pandas=True), **{c: pa.array(df[c], from_pandas=True) for c in spec.columns}}
-    except (pa.ArrowException, TypeError, ValueError):
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError):
         return None
     return pa.table(columns)
 

@@ -20,6 +20,7 @@ ProblemCode = Literal[
     "missing_uploader",
     # one row is unusable
     "missing_key",
+    "invalid_key",
     "duplicate_key",
     "custom_id_collision",
     "missing_value",

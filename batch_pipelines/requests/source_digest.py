@@ -46,7 +46,7 @@ def source_digest(df: pd.DataFrame, spec: RequestSpec, profile: ProviderProfile)
     for value in values:
         try:
             array = pa.array(value, from_pandas=True)
-        except (pa.ArrowException, TypeError, ValueError):
+        except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError):
             return None
         for chunk in array.chunks if isinstance(array, pa.ChunkedArray) else [array]:
             digest.update(orjson.dumps([str(chunk.type), chunk.offset, len(chunk)]))

@@ -66,6 +66,9 @@ def parse_template(template: str) -> list[str | Placeholder]:
             raise ValueError(f"template {template[:60]!r} has an empty {{}}: name a column")
         if "{" in (format_spec or ""):
             raise ValueError(f"template {template[:60]!r}: nested fields in a format spec are not supported")
+        if conversion is not None and conversion not in _CONVERSIONS:
+            known = ", ".join(f"!{c}" for c in _CONVERSIONS)
+            raise ValueError(f"template {template[:60]!r}: {{{name}!{conversion}}} is not a conversion (use {known})")
         parts.append(Placeholder(name, conversion, format_spec or ""))
     return parts
 

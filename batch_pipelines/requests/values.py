@@ -88,6 +88,8 @@ def plain_key(value: Any) -> Any:
     """A key as a JSON-able Python value, for problem reports and the manifest."""
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, str) and not valid_utf8(value):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate, shown escaped
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    return key_text(value)
+    return plain_key(key_text(value))

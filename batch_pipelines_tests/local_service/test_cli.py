@@ -16,13 +16,16 @@ from batch_pipelines_tests.support.request_files import CHAT, chat_line, write_l
 from batch_pipelines_tests.support.waiting import wait_for_batch
 
 
-@pytest.mark.parametrize("key_from", ["flag", "env"])
+@pytest.mark.parametrize("key_from", ["flag", "env", "file"])
 def test_serve_prints_its_url_and_answers_the_sdk(tmp_path, key_from):
     command = [sys.executable, "-m", "batch_pipelines.cli", "serve", "--port", "0", "--data-dir", str(tmp_path / "data"),
                "--profile", "moonshot", "--speed", "instant", "--time-scale", "2"]
     env = {k: v for k, v in os.environ.items() if k != "BATCH_PIPELINES_LOCAL_API_KEY"}
     if key_from == "flag":
         command += ["--api-key", "sk-cli"]
+    elif key_from == "file":
+        (tmp_path / "key").write_text("sk-cli\n")
+        command += ["--api-key-file", str(tmp_path / "key")]
     else:
         env["BATCH_PIPELINES_LOCAL_API_KEY"] = "sk-cli"
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -43,3 +46,20 @@ def test_serve_prints_its_url_and_answers_the_sdk(tmp_path, key_from):
 
     with BatchEngine(tmp_path / "data", worker="none") as engine:  # the state outlives the server
         assert wait_for_batch(engine, batch.id)["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "refusal"),
+    [
+        (["--api-key", ""], {}, "is empty"),
+        ([], {"BATCH_PIPELINES_LOCAL_API_KEY": " "}, "is empty"),
+        (["--host", "0.0.0.0"], {}, "without an API key"),
+    ],
+)
+def test_serve_refuses_an_empty_key_and_no_key_beyond_the_loopback(tmp_path, flags, env, refusal):
+    command = [sys.executable, "-m", "batch_pipelines.cli", "serve", "--port", "0", "--data-dir", str(tmp_path / "data"), *flags]
+    clean = {k: v for k, v in os.environ.items() if k != "BATCH_PIPELINES_LOCAL_API_KEY"}
+    done = subprocess.run(command, capture_output=True, text=True, env={**clean, **env}, timeout=60)
+    assert done.returncode != 0 and refusal in done.stderr
+    assert "Traceback" not in done.stderr
+

@@ -339,3 +339,12 @@ def _sha256(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def test_make_provider_serves_the_documented_custom_provider(local_service, tmp_path):
+    svc = local_service(profile="openai")
+    with make_provider("custom", base_url=svc.base_url, api_key=svc.api_key) as provider:
+        assert provider.profile.name == "custom" and provider.profile.base_url == svc.base_url
+        assert provider.upload_file(write_requests(tmp_path / "in.jsonl", 2, model=MODELS["openai"])).id.startswith("file")
+    with pytest.raises(ValueError, match="needs base_url"):
+        make_provider("custom", api_key="k")

@@ -53,3 +53,17 @@ def test_key_column_gives_custom_ids_and_id_map_joins_back(tmp_path):
     assert ids["key"].tolist() == ["p 1", "p2", "p3"] and ids["row"].tolist() == [0, 1, 2]
     assert ids["custom_id"].tolist() == [line["custom_id"] for line in request_lines(manifest)]
     assert ids["custom_id"].tolist() == custom_ids(df["id"]).tolist()
+
+
+@pytest.mark.parametrize("policy", ["fail", "quarantine"])
+def test_keys_python_cannot_encode_or_arrow_cannot_hold_are_named_not_raised(tmp_path, policy):
+    df = pd.DataFrame({"key": pd.Series(["fine", "a\ud800", 2**70], dtype=object), "text": ["x", "y", "z"]})
+    spec = chat_spec(key_column="key")
+    if policy == "fail":
+        with pytest.raises(RequestValidationError) as exc:
+            build_request_files(df, spec, tmp_path, profile=OPENAI, policy=policy)
+        assert codes(exc) == {"invalid_key": 1} and "row 1 (key 'a\\\\ud800')" in str(exc.value)
+        return
+    manifest = build_request_files(df, spec, tmp_path, profile=OPENAI, policy=policy)
+    assert [(r.row, r.reasons) for r in manifest.rejected] == [(1, ["invalid_key"])]
+    assert sorted(manifest.read_ids()["custom_id"]) == [str(2**70), "fine"]  # a big integer is a fine key

@@ -42,3 +42,10 @@ def test_values_without_text_form_are_rejected(tmp_path):
     assert by_row[1] == ("invalid_value", "text") and by_row[3] == ("invalid_utf8", "text")
     assert by_row[4] == ("invalid_utf8", "text") and by_row[2] == ("invalid_value", "x")
     assert "has no text form" in str(exc.value) and "cannot format 1.0 with 'd'" in str(exc.value)
+
+
+def test_an_unknown_conversion_is_refused_when_the_spec_is_made():
+    from batch_pipelines.requests import RequestSpec
+
+    with pytest.raises(ValueError, match=r"\{text!z\} is not a conversion \(use !r, !s, !a\)"):
+        RequestSpec(model="m", messages=[{"role": "user", "content": "{text!z}"}])
