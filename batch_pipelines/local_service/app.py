@@ -85,7 +85,7 @@ def create_app(engine: BatchEngine, *, api_key: str | None, faults: FaultPlan | 
             limit = _int_param(q, "limit", 10000)
         except ServiceError as exc:
             return error_response(exc)
-        return await call(engine.list_files, purpose=q.get("purpose"), after=q.get("after"), limit=limit)
+        return await call(engine.list_files, purpose=q.get("purpose"), after=q.get("after"), limit=limit, order=q.get("order", "desc"))
 
     async def get_file(request: Request) -> Response:
         return await call(engine.get_file, request.path_params["file_id"])

@@ -156,18 +156,24 @@ class BatchEngine:
             raise
         return file_json(file_id, display_name, purpose, size, created)
 
-    def list_files(self, *, purpose: str | None = None, after: str | None = None, limit: int = 10000) -> dict[str, Any]:
+    def list_files(
+        self, *, purpose: str | None = None, after: str | None = None, limit: int = 10000, order: str = "desc"
+    ) -> dict[str, Any]:
+        """Files, newest first (``order="desc"``, OpenAI's default) or oldest first (``"asc"``), ``after`` a file id."""
         if not 1 <= limit <= 10000:
             raise ServiceError(400, "limit must be between 1 and 10000.", param="limit")
+        if order not in ("asc", "desc"):
+            raise ServiceError(400, f"Invalid value for 'order': expected 'asc' or 'desc', got {order!r}.", param="order")
         clauses, params = [], []
         if purpose is not None:
             clauses.append("purpose = ?")
             params.append(purpose)
         if after is not None:
-            clauses.append("seq < ?")
+            clauses.append("seq < ?" if order == "desc" else "seq > ?")
             params.append(self._seq("files", after))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self.store.read(f"SELECT * FROM files {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
+        direction = "DESC" if order == "desc" else "ASC"
+        rows = self.store.read(f"SELECT * FROM files {where} ORDER BY seq {direction} LIMIT ?", (*params, limit + 1))
         return page([file_row_json(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
     def get_file(self, file_id: str) -> dict[str, Any]:

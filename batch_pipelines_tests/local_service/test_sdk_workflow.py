@@ -142,6 +142,11 @@ def test_files_list_retrieve_delete(local_service, tmp_path):
     assert [f.id for f in listed.data] == ids[::-1]
     assert [f.id for f in client.files.list(purpose="batch", limit=1)] == ids[::-1]  # auto-paging with after
     assert client.files.list(purpose="batch_output").data == []
+    # order: oldest first on request, pages included; a bogus order is a 400 naming the parameter.
+    assert [f.id for f in client.files.list(order="asc")] == ids
+    assert [f.id for f in client.files.list(order="asc", limit=1)] == ids
+    with pytest.raises(openai.BadRequestError, match="order"):
+        client.files.list(order="bogus")  # type: ignore[arg-type]
     assert client.files.retrieve(ids[0]).filename == "f0.jsonl"
     deleted = client.files.delete(ids[0])
     assert isinstance(deleted, FileDeleted) and deleted.deleted and deleted.id == ids[0]
