@@ -94,6 +94,8 @@ class ProviderProfile:
     forbidden_params: Mapping[str, frozenset[str]] = field(default_factory=dict)
     #: Batch-purpose files an organisation may hold at once (None: no documented quota).
     file_quota: int | None = None
+    #: The ``purpose`` values its Files API accepts on upload (OpenAI's by default).
+    upload_purposes: tuple[str, ...] = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
     supports_metadata: bool = True
     #: Fraction of the real-time price saved by the Batch API (0.5 = half price).
     batch_discount: float = 0.5
@@ -153,6 +155,7 @@ PROFILES: dict[str, ProviderProfile] = {
         one_model_per_file=True,
         forbidden_params={"kimi-k2.5": _KIMI_FIXED_PARAMS, "kimi-k2.6": _KIMI_FIXED_PARAMS},
         file_quota=1000,
+        upload_purposes=("batch", "image", "video"),
         batch_discount=0.4,
         delete_files_after_download=True,
         console_url=None,
@@ -287,6 +290,8 @@ def profile_to_json(profile: ProviderProfile) -> dict[str, Any]:
 def profile_from_json(data: Mapping[str, Any]) -> ProviderProfile:
     values = dict(data)
     values["endpoints"] = tuple(values["endpoints"])
+    if "upload_purposes" in values:
+        values["upload_purposes"] = tuple(values["upload_purposes"])
     if values.get("completion_windows") is not None:
         values["completion_windows"] = tuple(values["completion_windows"])
     values["forbidden_params"] = {m: frozenset(p) for m, p in values.get("forbidden_params", {}).items()}

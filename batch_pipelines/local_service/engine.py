@@ -58,7 +58,6 @@ from batch_pipelines.profiles import (
 
 __all__ = ["BatchEngine", "ServiceError", "Speed", "WorkerMode"]
 
-UPLOAD_PURPOSES = ("batch", "image", "video")
 _COPY_CHUNK = 1024 * 1024
 
 
@@ -115,8 +114,8 @@ class BatchEngine:
     # ---- files ---------------------------------------------------------------------------
     def create_file(self, filename: str, purpose: str, source: Path | BinaryIO, *, move: bool = False) -> dict[str, Any]:
         """Store an upload. ``move=True`` renames ``source`` (a path in ``store.tmp_dir``) instead of copying."""
-        if purpose not in UPLOAD_PURPOSES:
-            expected = ", ".join(UPLOAD_PURPOSES)
+        if purpose not in self.profile.upload_purposes:
+            expected = ", ".join(self.profile.upload_purposes)
             raise ServiceError(400, f"Invalid purpose {purpose!r}; expected one of {expected}.", param="purpose")
         display_name = _display_name(filename)
         limit = self.profile.max_file_bytes

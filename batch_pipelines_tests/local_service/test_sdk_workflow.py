@@ -163,3 +163,12 @@ def test_image_and_video_purposes_are_accepted(local_service, tmp_path):
     assert image.purpose == "image"
     with pytest.raises(openai.BadRequestError):
         client.files.create(file=tmp_path / "cat.png", purpose="fine-tune")
+
+
+def test_upload_purposes_are_the_posed_providers(local_service, tmp_path):
+    client = sdk(local_service(profile="openai"))
+    (tmp_path / "notes.jsonl").write_text('{"a": 1}\n')
+    for purpose in ("user_data", "fine-tune", "assistants", "vision", "evals", "batch"):
+        assert client.files.create(file=tmp_path / "notes.jsonl", purpose=purpose).purpose == purpose  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        client.files.create(file=tmp_path / "notes.jsonl", purpose="image")  # type: ignore[arg-type]  # Moonshot's, not OpenAI's
