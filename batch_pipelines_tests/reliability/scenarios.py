@@ -5,11 +5,15 @@ Each scenario plays one fault in a fresh :class:`~batch_pipelines_tests.reliabil
 partitions) and checks its own expectations; :func:`run_scenario` then measures rows in, rows
 accounted for, batches created, duplicate submissions and final outcome counts.
 
-``python -m batch_pipelines_tests.reliability [name ...]`` (``make reliability``) prints one table
-row per fault and ends with ``reliability: faults=N rows_lost=0 duplicate_submissions=0 wrong_answers=0``, exiting
-1 if any row was lost, paid twice, unaccounted for or answered for other content, or an
-expectation failed.
-``test_scenarios.py`` runs the same scenarios under pytest.
+Every scenario runs on each profile of ``support/profiles.py`` (the service posing as OpenAI, then
+as Anthropic), except where its fault cannot happen on that provider (``not_on`` says why; the
+skip and its reason are printed).
+
+``python -m batch_pipelines_tests.reliability [--profile NAME] [name ...]`` (``make reliability``)
+prints one table per profile, one row per fault, then ``reliability <profile>: faults=N rows_lost=0
+duplicate_submissions=0 wrong_answers=0`` per profile and the same line for all, ``reliability:
+...``, exiting 1 if any row was lost, paid twice, unaccounted for or answered for other content,
+or an expectation failed. ``test_scenarios.py`` runs the same scenarios under pytest.
 """
 
 import contextlib
@@ -25,10 +29,10 @@ import dagster as dg
 
 from batch_pipelines.local_service import FaultPlan, HttpFault
 from batch_pipelines_tests.support.child_runs import CRASH_EXIT, start_child
+from batch_pipelines_tests.support.profiles import PROFILES
 from batch_pipelines_tests.reliability.world import (
     KEY,
     PARTITIONS,
-    ROWS,
     Measured,
     Scenario,
     ServedProcess,
@@ -75,8 +79,9 @@ def baseline(world: World) -> None:
 def rate_limited(world: World) -> None:
     # Each endpoint refuses its first 3 calls; creating a batch is refused 7 times in a row, more
     # than the client retries (5): that run fails, and is launched again.
-    faults = every_endpoint(status=429, retry_after=0.05, times=3)
-    faults += (HttpFault(route="/v1/batches", method="POST", status=429, retry_after=0.05, times=7),)
+    routes = world.profile.routes
+    faults = every_endpoint(world.profile, status=429, retry_after=0.05, times=3)
+    faults += (HttpFault(route=routes.create, method="POST", status=429, retry_after=0.05, times=7),)
     world.service.set_faults(FaultPlan(http_faults=faults))
     world.submit()
     world.drive()
@@ -87,9 +92,9 @@ def rate_limited(world: World) -> None:
 
 @scenario("HTTP 5xx bursts (500, 502, 503), every endpoint", resource={"delete_files_after_download": True})
 def server_errors(world: World) -> None:
-    faults = every_endpoint(status=500, times=1) + every_endpoint(status=503, retry_after=0.05, times=2)
+    faults = every_endpoint(world.profile, status=500, times=1) + every_endpoint(world.profile, status=503, retry_after=0.05, times=2)
     # A gateway's 502 once the service created the batch: the create took effect, its answer is lost.
-    faults += (HttpFault(route="/v1/batches", method="POST", status=502, after=True, times=1),)
+    faults += (HttpFault(route=world.profile.routes.create, method="POST", status=502, after=True, times=1),)
     world.service.set_faults(FaultPlan(http_faults=faults))
     world.submit()
     world.drive()
@@ -99,9 +104,10 @@ def server_errors(world: World) -> None:
 
 @scenario("connection resets, every endpoint", resource={"delete_files_after_download": True})
 def connection_resets(world: World) -> None:
-    faults = every_endpoint(drop=True, times=1) + (
-        HttpFault(route="/v1/batches", method="POST", drop=True, after=True, times=1),  # created, answer lost
-        HttpFault(route="/v1/files/*/content", method="GET", drop=True, after=True, times=1),
+    routes = world.profile.routes
+    faults = every_endpoint(world.profile, drop=True, times=1) + (
+        HttpFault(route=routes.create, method="POST", drop=True, after=True, times=1),  # created, answer lost
+        HttpFault(route=routes.results, method="GET", drop=True, after=True, times=1),
     )
     world.service.set_faults(FaultPlan(http_faults=faults))
     world.submit()
@@ -115,10 +121,11 @@ def slow_responses(world: World) -> None:
     # Every create is served, then answered after the client gave up waiting: it must find the
     # batch it created, not create another.
     late = dict(status=None, delay=1.5, after=True)
+    routes = world.profile.routes
     faults = (
-        HttpFault(route="/v1/batches", method="POST", times=None, **late),
-        HttpFault(route="/v1/batches/batch_*", method="GET", times=1, **late),
-        HttpFault(route="/v1/files/*/content", method="GET", times=1, **late),
+        HttpFault(route=routes.create, method="POST", times=None, **late),
+        HttpFault(route=routes.retrieve, method="GET", times=1, **late),
+        HttpFault(route=routes.results, method="GET", times=1, **late),
     )
     world.service.set_faults(FaultPlan(http_faults=faults))
     world.submit()
@@ -130,6 +137,7 @@ def slow_responses(world: World) -> None:
 @scenario(
     "batch validation failure (invalid file)",
     pipeline={"batch_tags": batch_faults({FIRST: FaultPlan(validation_error="invalid_file_format")})},
+    not_on={"anthropic": "requests are sent inline: there is no input file to find invalid"},
 )
 def invalid_file(world: World) -> None:
     world.submit()
@@ -140,7 +148,10 @@ def invalid_file(world: World) -> None:
     one_batch_per_shard(world)  # a file the provider finds invalid is reported, not sent again
 
 
-@scenario("batch validation failure: token_limit_exceeded (queue full)")
+@scenario(
+    "batch validation failure: token_limit_exceeded (queue full)",
+    not_on={"anthropic": "no batch fails validation for a full queue: Anthropic refuses the create with a 429 (the 429 storm)"},
+)
 def queue_full(world: World) -> None:
     world.service.set_faults(FaultPlan(validation_error="token_limit_exceeded"))
     world.submit()
@@ -258,7 +269,7 @@ def crash_after_accept(world: World) -> None:
     world.run([h.texts, h.pipeline.requests_asset], FIRST)
     child = start_child(
         "crash", world.service.base_url, world.storage, FIRST, home=world.instance.root_directory, key=KEY,
-        env={"CHILD_ROWS": str(ROWS)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=world.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # submits FIRST; fmt: skip
     _, stderr = child.communicate(timeout=120)
     expect(child.returncode == CRASH_EXIT, f"the child should die right after the accept: {stderr.decode()[-300:]}")
@@ -296,7 +307,7 @@ def racing_submits(world: World) -> None:
         world.run([h.texts, h.pipeline.requests_asset], partition)
     # Lists are answered late, as they were when the call came: without the lock, both runs would
     # miss the other's batch and create their own.
-    slow_list = HttpFault(route="/v1/batches", method="GET", status=None, delay=1.5, after=True, times=2)
+    slow_list = HttpFault(route=world.profile.routes.list, method="GET", status=None, delay=1.5, after=True, times=2)
     world.service.set_faults(FaultPlan(http_faults=(slow_list,)))
     codes = world.race_submits(FIRST, [world.storage, world.storage])
     expect(codes == [0, 0], f"racing runs exited {codes}")
@@ -365,23 +376,52 @@ def table(rows: Sequence[tuple[Scenario, Measured]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    names = list(sys.argv[1:] if argv is None else argv)
-    chosen = [s for s in SCENARIOS if not names or s.name in names]
-    if len(chosen) != len(names or SCENARIOS):
-        print(f"reliability: unknown scenario in {names}; known: {[s.name for s in SCENARIOS]}", file=sys.stderr)
+    """``[--profile NAME] [scenario ...]``: the chosen scenarios (all by default) on each profile."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    profiles = list(PROFILES.values())
+    if "--profile" in args:
+        at = args.index("--profile")
+        wanted = args[at + 1 : at + 2]
+        del args[at : at + 2]
+        if not wanted or wanted[0] not in PROFILES:
+            print(f"reliability: --profile takes one of {list(PROFILES)}", file=sys.stderr)
+            return 2
+        profiles = [PROFILES[wanted[0]]]
+    chosen = [s for s in SCENARIOS if not args or s.name in args]
+    if len(chosen) != len(args or SCENARIOS):
+        print(f"reliability: unknown scenario in {args}; known: {[s.name for s in SCENARIOS]}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    done: list[tuple[Scenario, Measured]] = []
     progress = sys.stderr
-    # Dagster logs every run event to stderr: the table is the report.
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
-        for s in chosen:
-            done.append((s, run_scenario(s)))
-            print(f"reliability: {s.name}: {'ok' if done[-1][1].ok else 'FAILED'} in {done[-1][1].seconds:.1f}s", file=progress, flush=True)
-    print(table(done))
-    print(f"reliability: {len(done)} scenarios in {time.monotonic() - started:.0f}s", file=progress)
-    lost = sum(m.rows_lost for _, m in done)
-    duplicates = sum(m.duplicate_submissions for _, m in done)
-    wrong = sum(m.wrong_answers for _, m in done)
-    print(f"reliability: faults={len(done)} rows_lost={lost} duplicate_submissions={duplicates} wrong_answers={wrong}")
-    return 0 if all(m.ok for _, m in done) else 1
+    summaries: list[tuple[str, list[Measured]]] = []
+    for profile in profiles:
+        done: list[tuple[Scenario, Measured]] = []
+        # Dagster logs every run event to stderr: the table is the report.
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+            for s in chosen:
+                if profile.name in s.not_on:
+                    print(f"reliability {profile.name}: {s.name}: skipped: {s.not_on[profile.name]}", file=progress, flush=True)
+                    continue
+                done.append((s, run_scenario(s, profile)))
+                verdict = "ok" if done[-1][1].ok else "FAILED"
+                print(f"reliability {profile.name}: {s.name}: {verdict} in {done[-1][1].seconds:.1f}s", file=progress, flush=True)
+        print(f"{profile.name}:")
+        print(table(done))
+        skipped = [s for s in chosen if profile.name in s.not_on]
+        for s in skipped:
+            print(f"  skipped on {profile.name}: {s.fault}: {s.not_on[profile.name]}")
+        print()
+        summaries.append((profile.name, [m for _, m in done]))
+    print(f"reliability: {sum(len(m) for _, m in summaries)} scenario runs in {time.monotonic() - started:.0f}s", file=progress)
+    for name, measured in summaries:
+        print(f"reliability {name}: {_totals(measured)}")
+    everything = [m for _, ms in summaries for m in ms]
+    print(f"reliability: {_totals(everything)}")
+    return 0 if all(m.ok for m in everything) else 1
+
+
+def _totals(measured: Sequence[Measured]) -> str:
+    lost = sum(m.rows_lost for m in measured)
+    duplicates = sum(m.duplicate_submissions for m in measured)
+    wrong = sum(m.wrong_answers for m in measured)
+    return f"faults={len(measured)} rows_lost={lost} duplicate_submissions={duplicates} wrong_answers={wrong}"

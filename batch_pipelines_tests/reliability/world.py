@@ -13,7 +13,13 @@ run key exists (the daemon's rule). :meth:`World.measure` then counts, from what
 - batches: every batch the service created;
 - duplicate submissions: batches beyond the first for one (fingerprint, partition, attempt), among
   batches that ran. A batch failed at validation ran nothing and costs nothing: submitting its
-  shard again after a full token queue is the remedy, not a duplicate.
+  shard again after a full token queue is the remedy, not a duplicate. Where batches carry no
+  metadata (Anthropic), counted from the content the service was sent (``duplicates.py``).
+
+A world runs on a provider profile (``support/profiles.py``): the service posing as OpenAI or as
+Anthropic, the resource's ``provider`` and the spec to match. Anthropic batches carry no tags, so
+the per-batch fault plans of :func:`batch_faults` become the service's plan, set for each
+partition's submit and cleared after it (the retries run clean, as with tags on attempt 1).
 """
 
 import logging
@@ -32,17 +38,21 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pandas as pd
 
 from batch_pipelines.local_service import FAULTS_METADATA_KEY, BatchEngine, FaultPlan, HttpFault
 from batch_pipelines.submission import ATTEMPT_TAG, FINGERPRINT_TAG, PARTITION_TAG
 from batch_pipelines_tests.support.child_runs import start_child
-from batch_pipelines_tests.support.driver import KEY_ENV, RUN_KEY_TAG, SPEC, Harness, build, make_resource, make_texts
+from batch_pipelines_tests.reliability.duplicates import ran, recorded_tags, unrecorded_duplicates
+from batch_pipelines_tests.support.driver import KEY_ENV, RUN_KEY_TAG, Harness, build, make_resource, make_texts
+from batch_pipelines_tests.support.profiles import OPENAI, Profile
 from batch_pipelines_tests.support.service import LocalService, sent_fingerprints, service_batches, start_service
 from batch_pipelines_tests.support.waiting import wait_until
 
 __all__ = [
     "KEY",
+    "BatchFaults",
     "PARTITIONS",
     "ROWS",
     "Measured",
@@ -83,6 +93,8 @@ class Scenario:
     service: Mapping[str, Any] = field(default_factory=dict)
     #: Serve from a ``batch-pipelines serve`` process (which can be killed) instead of a thread.
     subprocess: bool = False
+    #: Profile name -> why the fault cannot happen on that provider (the scenario is skipped there).
+    not_on: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -131,6 +143,7 @@ class World:
     harness: Harness
     #: Row position -> text appended to that row of every day's source from now on (see change_texts).
     corrections: dict[int, str]
+    profile: Profile = OPENAI
     partitions: tuple[str, ...] = PARTITIONS
 
     @property
@@ -151,7 +164,17 @@ class World:
         return self.harness.run(selection, partition, tags=tags)
 
     def submit(self, partitions: Sequence[str] | None = None) -> None:
-        self.harness.submit(partitions or self.partitions)
+        faults = self.scenario.pipeline.get("batch_tags")
+        if self.profile.batch_metadata or not isinstance(faults, BatchFaults):
+            self.harness.submit(partitions or self.partitions)
+            return
+        # No batch tags to carry the plans: the service's plan while each partition submits.
+        for partition in partitions or self.partitions:
+            self.service.set_faults(faults.plan(partition) or FaultPlan())
+            try:
+                self.harness.submit([partition])
+            finally:
+                self.service.set_faults(FaultPlan())
 
     def evaluate(self) -> Any:
         return self.harness.evaluate()
@@ -172,21 +195,21 @@ class World:
     def change_spec(self, **changes: Any) -> None:
         """A new version of the code: the pipeline built with its request spec changed (a new prompt, say)."""
         h = self.harness
-        spec = SPEC.model_copy(update=changes)
+        spec = self.profile.spec.model_copy(update=changes)
         pipeline = build(source=h.texts, spec=spec, **self.scenario.pipeline)
         self.harness = Harness(self.instance, pipeline, h.texts, h.resource, cursor=h.cursor, run_retries=RUN_RETRIES, failed_runs=h.failed_runs)
 
     def restart_daemon(self, cursor: str | None) -> None:
         """A new daemon process: the code loaded again, the sensor evaluated from ``cursor``."""
         h = self.harness
-        pipeline = build(source=h.texts, **self.scenario.pipeline)
+        pipeline = build(source=h.texts, spec=self.profile.spec, **self.scenario.pipeline)
         self.harness = Harness(self.instance, pipeline, h.texts, h.resource, cursor=cursor, run_retries=RUN_RETRIES, failed_runs=h.failed_runs)
 
     def race_submits(self, partition: str, storages: Sequence[Path]) -> list[int]:
         """Runs submitting ``partition`` at the same moment, one process each (with its storage dir); their exit codes."""
         racers = [
             start_child("race", self.service.base_url, storage, partition, home=self.instance.root_directory, key=KEY,
-                        env={"CHILD_ROWS": str(ROWS)}, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        env=self.child_env(), text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                         stderr=subprocess.DEVNULL)
             for storage in storages
         ]  # fmt: skip
@@ -206,6 +229,10 @@ class World:
                 if racer.stdout:
                     racer.stdout.close()
 
+    def child_env(self) -> dict[str, str]:
+        """What a run in a process of its own needs to run this world's pipeline (``child_runs.py``)."""
+        return {"CHILD_ROWS": str(ROWS), "CHILD_PROFILE": self.profile.name}
+
     def launched_run_keys(self) -> Counter[str]:
         return Counter(r.tags[RUN_KEY_TAG] for r in self.instance.get_runs() if r.tags.get(RUN_KEY_TAG))
 
@@ -213,8 +240,21 @@ class World:
     def batches(self) -> list[dict[str, Any]]:
         return service_batches(self.service)
 
+    def batch_tags(self) -> dict[str, dict[str, str]]:
+        """Each batch's tags: its metadata, or what the pipeline recorded where batches keep none."""
+        if self.profile.batch_metadata:
+            return {b["id"]: b["metadata"] or {} for b in self.batches()}
+        return recorded_tags(self.records_root)
+
+    @property
+    def records_root(self) -> Path:
+        """Where the resource records the tags of batches that keep none."""
+        with self.harness.resource.get_provider() as provider:
+            return Path(getattr(provider, "root", self.storage / "_none"))
+
     def first_batches(self) -> list[dict[str, Any]]:
-        return [b for b in self.batches() if b["metadata"][ATTEMPT_TAG] == "1"]
+        tags = self.batch_tags()
+        return [b for b in self.batches() if tags.get(b["id"], {}).get(ATTEMPT_TAG) == "1"]
 
     def wait_batches(self, condition: Callable[[list[dict[str, Any]]], bool], *, what: str) -> list[dict[str, Any]]:
         """The service's batches once ``condition`` holds for them (``what`` names it for a reader)."""
@@ -253,16 +293,16 @@ class World:
                 for batch_id, cid, fp in zip(succeeded["batch_id"], succeeded["custom_id"], succeeded["request_fingerprint"])
             )
         batches = self.batches()
-        ran = Counter(
-            tuple(b["metadata"].get(k) for k in (FINGERPRINT_TAG, PARTITION_TAG, ATTEMPT_TAG))
-            for b in batches
-            if b["status"] != "failed" or b["in_progress_at"] is not None
-        )
+        if self.profile.batch_metadata:
+            meant = Counter(tuple(b["metadata"].get(k) for k in (FINGERPRINT_TAG, PARTITION_TAG, ATTEMPT_TAG)) for b in batches if ran(b))
+            duplicates = sum(n - 1 for n in meant.values())
+        else:
+            duplicates = unrecorded_duplicates(self.service, batches, self.records_root)
         return Measured(
             rows_in=rows_in,
             rows_accounted=accounted,
             batches=len(batches),
-            duplicate_submissions=sum(n - 1 for n in ran.values()),
+            duplicate_submissions=duplicates,
             outcomes=dict(sorted(outcomes.items())),
             failed_runs=self.failed_runs,
             wrong_answers=wrong,
@@ -270,7 +310,7 @@ class World:
 
 
 @contextmanager
-def open_world(scenario: Scenario) -> Iterator[World]:
+def open_world(scenario: Scenario, profile: Profile = OPENAI) -> Iterator[World]:
     """The world of one scenario; everything it started is stopped and removed on exit."""
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bp-reliability-", ignore_cleanup_errors=True)))
@@ -279,21 +319,24 @@ def open_world(scenario: Scenario) -> Iterator[World]:
         (root / "dagster").mkdir()
         instance = stack.enter_context(dg.instance_for_test(temp_dir=str(root / "dagster")))
         if scenario.subprocess:
-            service: LocalService = stack.enter_context(ServedProcess(root / "service", scenario.service))
+            options = {"profile": profile.service_profile, **scenario.service}
+            service: LocalService = stack.enter_context(ServedProcess(root / "service", options))
         else:
-            service = start_service(root / "service", api_key=KEY, **scenario.service)
+            service = start_service(root / "service", api_key=KEY, profile=profile.service_profile, **scenario.service)
             stack.callback(service.stop)
         corrections: dict[int, str] = {}
         texts = make_texts(ROWS, edit=lambda frame: _corrected(frame, corrections))
-        resource = make_resource(service.base_url, root / "storage", **{**RESOURCE, **scenario.resource})
-        harness = Harness(instance, build(source=texts, **scenario.pipeline), texts, resource, run_retries=RUN_RETRIES)
-        yield World(scenario, root, instance, service, harness, corrections)
+        settings = {**RESOURCE, "provider": profile.provider, **profile.resource, **scenario.resource}
+        resource = make_resource(service.base_url, root / "storage", **settings)
+        pipeline = build(source=texts, spec=profile.spec, **scenario.pipeline)
+        harness = Harness(instance, pipeline, texts, resource, run_retries=RUN_RETRIES)
+        yield World(scenario, root, instance, service, harness, corrections, profile)
 
 
-def run_scenario(scenario: Scenario) -> Measured:
-    """Play one scenario in a fresh world and measure it; a failed expectation becomes ``problem``."""
+def run_scenario(scenario: Scenario, profile: Profile = OPENAI) -> Measured:
+    """Play one scenario in a fresh world on ``profile`` and measure it; a failed expectation becomes ``problem``."""
     started = time.monotonic()
-    with open_world(scenario) as world:
+    with open_world(scenario, profile) as world:
         problem = None
         try:
             scenario.play(world)
@@ -347,7 +390,9 @@ class ServedProcess(LocalService):
         self.process = None
 
     def set_faults(self, plan: FaultPlan) -> None:
-        raise NotImplementedError("a served process has the fault plan it was started with")
+        """The service-wide plan over HTTP (the process's local extension); a restart starts clean."""
+        response = httpx.put(f"{self.base_url}/_local/faults", content=plan.model_dump_json(), headers={"Authorization": f"Bearer {KEY}"})
+        response.raise_for_status()
 
 
 def _corrected(frame: pd.DataFrame, corrections: Mapping[int, str]) -> pd.DataFrame:
@@ -362,27 +407,30 @@ def _corrected(frame: pd.DataFrame, corrections: Mapping[int, str]) -> pd.DataFr
 # ---- helpers of the scenarios -----------------------------------------------------------------
 
 
-def batch_faults(plans: Mapping[str | None, FaultPlan], *, attempt: int = 1) -> Callable[[str | None, int], dict[str, str]]:
-    """Batch tags putting ``plans[partition]`` (``plans[None]``: any partition) on one attempt's batches."""
+@dataclass(frozen=True)
+class BatchFaults:
+    """Batch tags putting ``plans[partition]`` (``plans[None]``: any partition) on one attempt's
+    batches (the pipeline's ``batch_tags``); where batches take no tags, ``World.submit`` sets
+    :meth:`plan` as the service's plan instead."""
 
-    def tags(partition: str | None, at: int) -> dict[str, str]:
-        plan = plans.get(partition, plans.get(None))
-        return {FAULTS_METADATA_KEY: plan.to_json()} if plan is not None and at == attempt else {}
+    plans: Mapping[str | None, FaultPlan]
+    attempt: int = 1
 
-    return tags
+    def plan(self, partition: str | None) -> FaultPlan | None:
+        return self.plans.get(partition, self.plans.get(None))
+
+    def __call__(self, partition: str | None, at: int) -> dict[str, str]:
+        plan = self.plan(partition)
+        return {FAULTS_METADATA_KEY: plan.to_json()} if plan is not None and at == self.attempt else {}
 
 
-def every_endpoint(**fault: Any) -> tuple[HttpFault, ...]:
-    """One rule per endpoint the pipeline calls, each counting its own ``times``."""
-    routes = [
-        ("POST", "/v1/files"),
-        ("POST", "/v1/batches"),
-        ("GET", "/v1/batches"),
-        ("GET", "/v1/batches/batch_*"),
-        ("GET", "/v1/files/*/content"),
-        ("DELETE", "/v1/files/*"),
-    ]
-    return tuple(HttpFault(route=route, method=method, **fault) for method, route in routes)
+def batch_faults(plans: Mapping[str | None, FaultPlan], *, attempt: int = 1) -> BatchFaults:
+    return BatchFaults(plans, attempt)
+
+
+def every_endpoint(profile: Profile, **fault: Any) -> tuple[HttpFault, ...]:
+    """One rule per endpoint the pipeline calls on ``profile``, each counting its own ``times``."""
+    return tuple(HttpFault(route=route, method=method, **fault) for method, route in profile.routes.every())
 
 
 def expect(condition: Any, message: str) -> None:

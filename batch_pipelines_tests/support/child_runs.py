@@ -13,6 +13,9 @@
 - ``race``: loads the pipeline, prints ``ready``, waits for a line on stdin, then materializes
   ``classify_batch`` in one run; exit status 0 when the run succeeded. Several race to submit one
   partition.
+
+``CHILD_PROFILE`` names the provider shape (``support/profiles.py``, default ``openai``): the
+resource's provider and the spec the child runs with.
 """
 
 import faulthandler
@@ -25,9 +28,13 @@ from typing import Any
 
 import dagster as dg
 
-from batch_pipelines.providers import Batch, BatchProvider, OpenAICompatibleProvider
+from batch_pipelines.providers import AnthropicProvider, Batch, BatchProvider, OpenAICompatibleProvider
 from batch_pipelines.pipeline import BatchProviderResource
-from batch_pipelines_tests.support.driver import KEY_ENV, Harness, build, make_resource, make_texts
+from batch_pipelines.submission import RecordedBatches
+from batch_pipelines_tests.support.driver import KEY_ENV, Harness, make_texts
+from batch_pipelines_tests.support.driver import build as _build
+from batch_pipelines_tests.support.driver import make_resource as _make_resource
+from batch_pipelines_tests.support.profiles import PROFILES
 
 CRASH_EXIT = 17
 _REPO = Path(__file__).resolve().parents[2]
@@ -41,8 +48,22 @@ class _DiesAfterSubmit(OpenAICompatibleProvider):
         os._exit(CRASH_EXIT)
 
 
+class _AnthropicDiesAfterSubmit(AnthropicProvider):
+    """Anthropic's HTTP client, except that the process dies right after a batch is accepted:
+    inside the recorded tags' submit, so the intent is written and its batch id never is."""
+
+    def submit(self, path: Path, **options: Any) -> Batch:
+        super().submit(path, **options)
+        os._exit(CRASH_EXIT)
+
+
 class _DyingResource(BatchProviderResource):
     def get_provider(self) -> BatchProvider:
+        provider = super().get_provider()
+        if isinstance(provider, RecordedBatches):  # the records where the real resource keeps them
+            provider.close()
+            return RecordedBatches(_AnthropicDiesAfterSubmit(self.profile, api_key=self.api_key, base_url=self.base_url), provider.root)
+        provider.close()
         return _DiesAfterSubmit(self.profile, api_key=self.api_key, base_url=self.base_url)
 
 
@@ -57,6 +78,14 @@ def main(mode: str, base_url: str, storage_dir: str, partition: str) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test that waits too long asks where it is
     instance = dg.DagsterInstance.get()
     texts = make_texts(int(os.environ.get("CHILD_ROWS", "8")), _shared_texts if os.environ.get("CHILD_SHARED_TEXTS") else None)
+    shape = PROFILES[os.environ.get("CHILD_PROFILE", "openai")]
+
+    def make_resource(base_url: str, storage_dir: str, **overrides: Any) -> BatchProviderResource:
+        return _make_resource(base_url, storage_dir, provider=shape.provider, **overrides)
+
+    def build(**options: Any) -> Any:
+        return _build(spec=shape.spec, **options)
+
     if mode == "crash":
         harness = Harness(instance, build(source=texts), texts, make_resource(base_url, storage_dir, cls=_DyingResource))
         harness.materialize([harness.pipeline.batch_asset], partition)
