@@ -35,6 +35,9 @@ from bench_results import make_source  # noqa: E402
 from batch_pipelines.profiles import PROFILES  # noqa: E402
 from batch_pipelines.providers import ResultFiles  # noqa: E402
 from batch_pipelines.requests import HELD_BACK, RequestSpec, SendOnce, build_request_files  # noqa: E402
+from batch_pipelines.requests.custom_ids import row_custom_ids  # noqa: E402
+from batch_pipelines.requests.row_report import RowReport  # noqa: E402
+from batch_pipelines.requests.template_lines import TemplateLines  # noqa: E402
 from batch_pipelines.results import (  # noqa: E402
     ReuseStore,
     answer_columns,
@@ -102,10 +105,6 @@ def one_round(source: pd.DataFrame, work: Path, store: ReuseStore, name: str) ->
 
 def floor(source: pd.DataFrame, work: Path) -> float:
     """Making every line, without a file, a hash or a lookup: the least a rerun must do to know what changed."""
-    from batch_pipelines.requests.row_report import RowReport
-    from batch_pipelines.requests.custom_ids import row_custom_ids
-    from batch_pipelines.requests.template_lines import TemplateLines
-
     start = time.perf_counter()
     keys = source["key"].reset_index(drop=True)
     ids, problems = row_custom_ids(keys, unique=None)

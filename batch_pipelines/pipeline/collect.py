@@ -8,9 +8,10 @@ way, after a delay, without spending an attempt of its rows. The final materiali
 whole table, every row once, with counts, tokens, cost and checks.
 """
 
+import functools
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -58,7 +59,8 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
     except RequestValidationError as exc:
         raise dg.Failure(description=f"the source no longer makes valid requests: {exc}", allow_retries=False) from None
     store = rt.reuse_store(resource, context.instance)
-    answers = _Answers(store)
+    # The store's answers, read once per results run and only if a row was held back.
+    known = functools.cache(store.known) if store is not None else (lambda: None)
     blocking = rt.options.blocking
     with resource.get_provider() as provider, rt.watching(context, provider, partition) as watched:
         while True:
@@ -71,7 +73,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
                     return  # the sensor tracks the new batches and launches this asset again
                 continue
             joined = [
-                _join_attempt(context, resource, provider, rt, source, ids, current_fingerprints, answers, first, folder, current, batches, attempt)
+                _join_attempt(context, resource, provider, rt, source, ids, current_fingerprints, known, first, folder, current, batches, attempt)
                 for attempt in range(1, current.attempt + 1)
             ]
             frames = [frame for frame, _ in joined]
@@ -142,7 +144,7 @@ def _join_attempt(
     source: pd.DataFrame,
     ids: pd.Series,
     fingerprints: pa.Array,
-    answers: "_Answers",
+    known: Callable[[], _results.KnownAnswers | None],
     first: RequestManifest,
     folder: PartitionFolder,
     current: Round,
@@ -162,7 +164,7 @@ def _join_attempt(
         by_shard=by_shard,
         recorded={b.shard: b.fingerprint for b in current.batches if b.attempt == attempt},
         provider=resource.provider,
-        known=answers.known,
+        known=known,
         output_model=rt.spec.output_model,
     )  # fmt: skip
     if not joined.anomalies.clean:
@@ -173,19 +175,6 @@ def _join_attempt(
             f"{found.unknown_lines} with an unknown custom_id (e.g. {found.unknown_examples[:3]})"
         )
     return joined.frame, joined.anomalies
-
-
-class _Answers:
-    """The reuse store's answers, read once per results run and only if a row was held back."""
-
-    def __init__(self, store: _results.ReuseStore | None) -> None:
-        self.store = store
-        self._known: _results.KnownAnswers | None = None
-
-    def known(self) -> _results.KnownAnswers | None:
-        if self.store is not None and self._known is None:
-            self._known = self.store.known()
-        return self._known
 
 
 def _download(

@@ -263,10 +263,10 @@ class PipelineRuntime:
         the run submitted so far is read from its event log. Returns the estimated cost (None:
         no prices, or no bound on the answers).
         """
-        tokens, prices, cost = self.estimate(resource, manifest) if manifest.requests else (None, None, 0.0)
+        if not manifest.requests:
+            return 0.0  # nothing to send: nothing to refuse
+        tokens, prices, cost = self.estimate(resource, manifest)
         for scope, budget in self.budgets(resource).items():
-            if not manifest.requests:
-                break
             so_far = spent if scope == "partition" else run_submitted_cost(context.instance, context.run_id)
             if prices is None:
                 why = f"no price is known for model {self.spec.model!r}: set the resource's input and output prices"
@@ -276,8 +276,8 @@ class PipelineRuntime:
                 earlier = "on earlier attempts" if scope == "partition" else "by this run already"
                 after = f", after {so_far:.6g} USD submitted {earlier}" if so_far else ""
                 why = (
-                    f"the estimated cost is {cost:.6g} USD ({tokens.requests} requests, about {tokens.input_tokens} input "  # type: ignore[union-attr]
-                    f"and at most {tokens.max_output_tokens} output tokens, {prices.source} prices){after}, over the budget"  # type: ignore[union-attr]
+                    f"the estimated cost is {cost:.6g} USD ({tokens.requests} requests, about {tokens.input_tokens} input "
+                    f"and at most {tokens.max_output_tokens} output tokens, {prices.source} prices){after}, over the budget"
                 )
             else:
                 continue

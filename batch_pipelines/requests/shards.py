@@ -140,12 +140,7 @@ class ShardWriter:
         if self.dry or not (len(chunk.ends) or held is not None):
             return
         pieces, shard_of = self._cut(chunk)
-        columns = {
-            "custom_id": chunk.ids.cast(pa.string()),
-            "key": self.keys.take(pa.array(chunk.rows)),
-            "row": pa.array(chunk.rows, pa.int64()),
-            "shard": pa.array(shard_of, pa.int32()),
-        }
+        columns = self._id_columns(chunk.ids, chunk.rows, shard_of)
         self._wait()
         self._pending = self._pool.submit(self._apply, pieces, columns, chunk, held)
 
@@ -211,14 +206,18 @@ class ShardWriter:
             self._ids = pq.ParquetWriter(self.ids_path, table.schema, use_dictionary=["shard"], write_statistics=False)
         self._ids.write_table(table)
 
+    def _id_columns(self, ids: pa.Array, rows: np.ndarray, shards: np.ndarray) -> dict[str, pa.Array]:
+        """The id map's columns for these lines, but the fingerprint."""
+        return {
+            "custom_id": ids.cast(pa.string()),
+            "key": self.keys.take(pa.array(rows)),
+            "row": pa.array(rows, pa.int64()),
+            "shard": pa.array(shards, pa.int32()),
+        }
+
     def _held_table(self, held: HeldLines) -> pa.Table:
-        return pa.table({
-            "custom_id": held.ids.cast(pa.string()),
-            "key": self.keys.take(pa.array(held.rows)),
-            "row": pa.array(held.rows, pa.int64()),
-            "shard": pa.array(np.full(len(held.rows), HELD_BACK), pa.int32()),
-            FINGERPRINT_COLUMN: held.fingerprints.cast(pa.string()),
-        })  # fmt: skip
+        columns = self._id_columns(held.ids, held.rows, np.full(len(held.rows), HELD_BACK))
+        return pa.table({**columns, FINGERPRINT_COLUMN: held.fingerprints.cast(pa.string())})
 
     def _close_file(self) -> None:
         if self._file is None:
