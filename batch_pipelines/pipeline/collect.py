@@ -20,12 +20,12 @@ import pyarrow as pa
 
 from batch_pipelines import results as _results
 from batch_pipelines.pipeline.checks import evaluate_checks
-from batch_pipelines.pipeline.ledger import SUBMITTED_COST_KEY, Round, control_metadata, load_round
-from batch_pipelines.pipeline.metadata import results_preview
+from batch_pipelines.pipeline.ledger import RESULTS_BATCH_IDS_KEY, SOURCE_DIGEST_KEY, SUBMITTED_COST_KEY, Round, control_metadata, load_round
+from batch_pipelines.pipeline.metadata import column_schema, results_preview, summary_metadata, usd
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.pipeline.runtime import PipelineRuntime
 from batch_pipelines.providers import Batch, BatchProvider, ResultFiles, poll_batches
-from batch_pipelines.requests import RequestManifest, RequestValidationError
+from batch_pipelines.requests import RequestManifest, RequestValidationError, frame_digest
 from batch_pipelines.submission import PartitionFolder, SubmittedBatch, partition_lock
 
 __all__ = ["collect_results"]
@@ -94,7 +94,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
                     plan, source, ids, rt.spec, folder.attempt(plan.attempt), profile=resource.profile, policy=rt.options.policy,
                     send_once=rt.send_once(context, resource),
                 )  # fmt: skip
-                retry_cost = rt.check_budget(context, resource, retry, spent=summary.cost or 0.0)
+                retry_cost = rt.check_budget(context, resource, retry, spent=summary.cost_usd or 0.0)
                 records = [s.record for s in submitter.submit(retry, asset=rt.results_key.to_user_string())]
             context.log_event(
                 dg.AssetObservation(
@@ -104,9 +104,9 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
                         **control_metadata("retry", current.storage_id, records),
                         "attempt": plan.attempt,
                         "retried_rows": len(plan.custom_ids),
-                        **({SUBMITTED_COST_KEY: dg.MetadataValue.float(retry_cost)} if retry_cost is not None else {}),
+                        **({SUBMITTED_COST_KEY: usd(retry_cost)} if retry_cost is not None else {}),
                         "retry_reasons": dg.MetadataValue.json(plan.retry_reasons),
-                        **summary.to_metadata(),
+                        **summary_metadata(summary),
                     },
                 )
             )
@@ -118,12 +118,14 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
     if store is not None:
         store.record(_results.fresh_answers(frame, _results.answer_columns(frame, source.columns)))
     metadata: dict[str, Any] = {
-        **summary.to_metadata(),
+        **summary_metadata(summary),
         "attempts": current.attempt,
-        "batch_ids": dg.MetadataValue.json([b.batch_id for b in current.batches]),
+        RESULTS_BATCH_IDS_KEY: dg.MetadataValue.json([b.batch_id for b in current.batches]),
         "not_retried": dg.MetadataValue.json(plan.kept_reasons),
-        "preview": dg.MetadataValue.md(results_preview(frame)),
+        "preview": results_preview(frame),
         "dagster/row_count": len(frame),
+        "dagster/column_schema": column_schema(frame),
+        SOURCE_DIGEST_KEY: frame_digest(source) or "",
     }
     yield dg.Output(frame, metadata=metadata)
     yield from evaluate_checks(

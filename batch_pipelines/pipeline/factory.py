@@ -11,8 +11,9 @@ builds, with the source's partitions:
     The source DataFrame as validated, sharded JSONL request files and a manifest, written to the
     partition's deterministic folder; downstream assets find them there, no pickled object travels.
 ``<name>_batch``
-    One batch per shard, submitted once (:mod:`batch_pipelines.submission`); the batch ids are
-    recorded in the materialization for the sensor.
+    One batch per shard, submitted once (:mod:`batch_pipelines.submission`); the submission is
+    recorded as an observation for the sensor, which materializes the asset when the batches have
+    ended (:mod:`batch_pipelines.pipeline.progress`): a partition in flight is not materialized yet.
 ``<name>_sensor``
     Polls the batches and launches ``<name>_results`` when a partition's batches are done (see
     :mod:`batch_pipelines.pipeline.sensor`). Not built in blocking mode, where runs poll themselves.
@@ -128,11 +129,16 @@ def build_batch_pipeline(
     @dg.asset(
         key=rt.batch_key,
         deps=[requests_asset],
-        description=f"The provider batches running {name}'s request files (re-attached, never submitted twice).",
+        description=(
+            f"The provider batches running {name}'s request files (re-attached, never submitted twice): "
+            "materialized when they have ended; while in flight, their progress is observed."
+        ),
+        # The submit run ends while the batches run: the materialization comes when they end.
+        output_required=False,
         **common,
     )
-    def batch_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        return rt.submit_batches(context)
+    def batch_asset(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
+        yield from rt.submit_batches(context)
 
     # A multi_asset for can_subset: a run that sends a retry instead of materializing must not
     # owe Dagster its check results (those outputs are only optional on a subsettable op).
@@ -167,6 +173,7 @@ def build_batch_pipeline(
     if not opts.blocking:
         sensor = build_batch_sensor(
             name=name,
+            requests_key=rt.requests_key,
             batch_key=rt.batch_key,
             results_key=rt.results_key,
             resource_key=opts.resource_key,

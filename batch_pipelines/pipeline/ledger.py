@@ -1,12 +1,16 @@
 """The ledger: what the pipeline records in Dagster's event log, and how it is read back.
 
-``<name>_batch`` records the batches it submitted in its materialization metadata
-(:data:`BATCHES_KEY`); ``<name>_results`` records the follow-up batches it submits for retried
-rows, and cancellations, as observations on itself (:data:`CONTROL_KEY`). The event log is the
-plugin's only state besides the provider: a run on any machine reads the same ledger.
+``<name>_batch`` records the batches it submitted in an observation on itself, the *submission*
+(:data:`BATCHES_KEY` in its metadata); it is materialized once they have ended
+(:mod:`batch_pipelines.pipeline.progress`). ``<name>_results`` records the follow-up batches it
+submits for retried rows, and cancellations, as observations on itself (:data:`CONTROL_KEY`). The
+event log is the plugin's only state besides the provider: a run on any machine reads the same
+ledger.
 
-A *round* is everything that happened to one partition since its latest ``<name>_batch``
-materialization: the first attempt's batches and each retry's.
+A *round* is everything that happened to one partition since its latest submission: the first
+attempt's batches and each retry's. Before submissions were observations, ``<name>_batch``'s
+materialization held them: such a materialization (:data:`BATCHES_KEY`, no :data:`ROUND_KEY`)
+still opens a round.
 """
 
 from __future__ import annotations
@@ -28,11 +32,16 @@ __all__ = [
     "ROUND_KEY",
     "Round",
     "REUSE_RUN_TAG",
+    "RESULTS_BATCH_IDS_KEY",
+    "SOURCE_DIGEST_KEY",
     "SUBMITTED_COST_KEY",
     "batches_metadata",
     "control_metadata",
     "first_built",
+    "is_submission",
     "load_round",
+    "results_cover",
+    "round_finished",
     "metadata_int",
     "metadata_text",
     "read_batches",
@@ -43,8 +52,13 @@ __all__ = [
 BATCHES_KEY = "batch_pipelines/batches"
 #: Metadata key saying what a control observation on ``<name>_results`` records: "retry" or "cancel".
 CONTROL_KEY = "batch_pipelines/control"
-#: Metadata key of the round (storage id of the ``<name>_batch`` materialization) a control record belongs to.
+#: Metadata key of the round (storage id of its submission) a control record or a finished ``<name>_batch`` belongs to.
 ROUND_KEY = "batch_pipelines/round"
+#: Metadata key of the batch ids a ``<name>_results`` materialization was joined from.
+RESULTS_BATCH_IDS_KEY = "batch_ids"
+#: Metadata key of the digest of the whole source a ``<name>_requests`` or ``<name>_results``
+#: materialization was made from (:func:`batch_pipelines.requests.frame_digest`).
+SOURCE_DIGEST_KEY = "batch_pipelines/source_digest"
 #: Metadata key of the estimated cost (USD) of what a materialization or retry observation submitted.
 SUBMITTED_COST_KEY = "submitted_cost_usd"
 #: Run tags of the results runs the sensor launches.
@@ -59,6 +73,11 @@ PAGE = 1000
 
 def batches_metadata(batches: Iterable[SubmittedBatch]) -> dg.MetadataValue:
     return dg.MetadataValue.json([b.model_dump() for b in batches])
+
+
+def is_submission(metadata: Mapping[str, Any]) -> bool:
+    """Whether an event on ``<name>_batch`` opens a round (a submission, or an old-style materialization)."""
+    return BATCHES_KEY in metadata and ROUND_KEY not in metadata
 
 
 def read_batches(metadata: Mapping[str, Any]) -> list[SubmittedBatch]:
@@ -96,10 +115,10 @@ def metadata_text(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Round:
-    """A partition's batches since its latest ``<name>_batch`` materialization."""
+    """A partition's batches since its latest submission."""
 
     partition: str | None
-    #: Storage id of the ``<name>_batch`` materialization that opened the round.
+    #: Storage id of the submission that opened the round.
     storage_id: int
     batches: tuple[SubmittedBatch, ...]
     #: A cancellation was recorded in this round: cancelled rows are not retried.
@@ -114,25 +133,50 @@ class Round:
         return Round(self.partition, self.storage_id, self.batches + tuple(batches), self.cancelled)
 
 
+def _opener(instance: dg.DagsterInstance, batch_key: dg.AssetKey, partitions: list[str] | None) -> tuple[int, Mapping[str, Any]] | None:
+    """The storage id and metadata of the partition's latest submission (paging back over progress observations)."""
+    found: tuple[int, Mapping[str, Any]] | None = None
+    before = None
+    limit = 50  # the submission is usually among the latest few events; a long-running round pages on
+    while found is None:
+        page = instance.fetch_observations(
+            dg.AssetRecordsFilter(batch_key, asset_partitions=partitions, before_storage_id=before), limit=limit
+        ).records
+        for record in page:
+            metadata = record.asset_observation.metadata  # type: ignore[union-attr]
+            if is_submission(metadata):
+                found = (record.storage_id, metadata)
+                break
+        if len(page) < limit:
+            break
+        before, limit = page[-1].storage_id, PAGE
+    materialized = instance.fetch_materializations(dg.AssetRecordsFilter(batch_key, asset_partitions=partitions), limit=1).records
+    if materialized and (found is None or materialized[0].storage_id > found[0]):
+        metadata = materialized[0].asset_materialization.metadata  # type: ignore[union-attr]
+        if is_submission(metadata):
+            return materialized[0].storage_id, metadata
+    return found
+
+
 def load_round(
     instance: dg.DagsterInstance, batch_key: dg.AssetKey, results_key: dg.AssetKey, partition: str | None
 ) -> Round | None:
-    """The current round of ``partition`` from the event log (two queries), None if never submitted."""
+    """The current round of ``partition`` from the event log, None if never submitted."""
     partitions = [partition] if partition is not None else None
-    latest = instance.fetch_materializations(dg.AssetRecordsFilter(batch_key, asset_partitions=partitions), limit=1).records
-    if not latest:
+    opened = _opener(instance, batch_key, partitions)
+    if opened is None:
         return None
-    opened = latest[0]
-    batches = read_batches(opened.asset_materialization.metadata)  # type: ignore[union-attr]
+    round_id, opening = opened
+    batches = read_batches(opening)
     cancelled = False
-    after = opened.storage_id
+    after = round_id
     while True:
         page = instance.fetch_observations(
             dg.AssetRecordsFilter(results_key, asset_partitions=partitions, after_storage_id=after), limit=PAGE, ascending=True
         ).records
         for record in page:
             metadata = record.asset_observation.metadata  # type: ignore[union-attr]
-            if metadata_int(metadata.get(ROUND_KEY)) != opened.storage_id:
+            if metadata_int(metadata.get(ROUND_KEY)) != round_id:
                 continue
             kind = metadata_text(metadata.get(CONTROL_KEY))
             if kind == "retry":
@@ -142,7 +186,37 @@ def load_round(
         if len(page) < PAGE:
             break
         after = page[-1].storage_id
-    return Round(partition, opened.storage_id, tuple(batches), cancelled)
+    return Round(partition, round_id, tuple(batches), cancelled)
+
+
+def round_finished(instance: dg.DagsterInstance, batch_key: dg.AssetKey, partition: str | None, round_id: int) -> bool:
+    """Whether ``<name>_batch`` was materialized for the round already (its batches ended)."""
+    latest = instance.fetch_materializations(
+        dg.AssetRecordsFilter(batch_key, asset_partitions=[partition] if partition is not None else None), limit=1
+    ).records
+    return bool(latest) and metadata_int(latest[0].asset_materialization.metadata.get(ROUND_KEY)) == round_id  # type: ignore[union-attr]
+
+
+def results_cover(
+    instance: dg.DagsterInstance,
+    requests_key: dg.AssetKey,
+    results_key: dg.AssetKey,
+    partition: str | None,
+    batch_ids: Iterable[str],
+) -> bool:
+    """Whether the partition's latest results are already what joining ``batch_ids`` would give:
+    joined from all of them, and from the source the latest request files were built from."""
+    partitions = [partition] if partition is not None else None
+    results = instance.fetch_materializations(dg.AssetRecordsFilter(results_key, asset_partitions=partitions), limit=1).records
+    requests = instance.fetch_materializations(dg.AssetRecordsFilter(requests_key, asset_partitions=partitions), limit=1).records
+    if not results or not requests:
+        return False
+    joined = results[0].asset_materialization.metadata  # type: ignore[union-attr]
+    built = requests[0].asset_materialization.metadata  # type: ignore[union-attr]
+    digest = metadata_text(joined.get(SOURCE_DIGEST_KEY))
+    if not digest or digest != metadata_text(built.get(SOURCE_DIGEST_KEY)):  # "" when it could not be told
+        return False
+    return set(batch_ids) <= set(getattr(joined.get(RESULTS_BATCH_IDS_KEY), "value", None) or ())
 
 
 def first_built(instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey], partition: str | None) -> float | None:

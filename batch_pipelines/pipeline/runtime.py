@@ -20,6 +20,7 @@ from batch_pipelines.pipeline.blocking import cancel_if_stopped, wait_for_batche
 from batch_pipelines.pipeline.ledger import (
     BATCHES_KEY,
     REUSE_RUN_TAG,
+    SOURCE_DIGEST_KEY,
     SUBMITTED_COST_KEY,
     batches_metadata,
     control_metadata,
@@ -27,7 +28,8 @@ from batch_pipelines.pipeline.ledger import (
     load_round,
     run_submitted_cost,
 )
-from batch_pipelines.pipeline.metadata import first_requests, rejected_preview
+from batch_pipelines.pipeline.metadata import first_requests, rejected_preview, usd
+from batch_pipelines.pipeline.progress import BatchState, console_metadata, finished_metadata
 from batch_pipelines.pipeline.options import PipelineOptions
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.providers import Batch, BatchProvider
@@ -40,10 +42,12 @@ from batch_pipelines.requests import (
     SendOnce,
     build_request_files,
     estimate_requests,
+    frame_digest,
 )
 from batch_pipelines.results import Prices, ReuseStore
 from batch_pipelines.submission import (
     PartitionFolder,
+    Submission,
     Submitter,
     cancel_superseded,
     partition_lock,
@@ -165,6 +169,7 @@ class PipelineRuntime:
             "manifest": dg.MetadataValue.path(str(out_dir / MANIFEST_NAME)),
             "preview": dg.MetadataValue.json(first_requests(manifest, 3)),
             "dagster/row_count": manifest.requests,
+            SOURCE_DIGEST_KEY: frame_digest(source) or "",
         }
         if manifest.rejected:
             metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
@@ -186,7 +191,9 @@ class PipelineRuntime:
             return cancel_superseded(provider, current.batches, rebuilt, context.log)
 
     # ---- <name>_batch ---------------------------------------------------------------------------
-    def submit_batches(self, context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def submit_batches(self, context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
+        """Submit the shards; record the submission. The asset is materialized when the batches have ended:
+        by the sensor, or here in blocking mode."""
         resource = self.resource(context)
         partition = context.partition_key if context.has_partition_key else None
         folder = self.folder(resource, context.instance, partition)
@@ -198,18 +205,36 @@ class PipelineRuntime:
                 manifest = RequestManifest.read(manifest_path)
                 cost = self.check_budget(context, resource, manifest)
                 submitted = self.submitter(context, resource, provider, partition).submit(manifest, asset=self.batch_key.to_user_string())
-            batches = [s.batch for s in submitted]
-            watched.extend(b.id for b in batches)
+            watched.extend(s.batch.id for s in submitted)
+            links = {s.batch.id: url for s in submitted if (url := provider.console_url(s.batch.id))}
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=self.batch_key, partition=partition, metadata=self.submission_metadata(resource, manifest, submitted, cost, links)
+                )
+            )
             if self.options.blocking:
-                batches = self.wait(context, resource, provider, [b.id for b in batches])
-            links = {b.id: url for b in batches if (url := provider.console_url(b.id))}
+                ended = self.wait(context, resource, provider, [s.batch.id for s in submitted])
+                current = load_round(context.instance, self.batch_key, self.results_key, partition)
+                round_id = current.storage_id if current is not None else None
+                yield dg.MaterializeResult(metadata=finished_metadata([BatchState.of(b) for b in ended], round_id=round_id, links=links))
+
+    def submission_metadata(
+        self,
+        resource: BatchProviderResource,
+        manifest: RequestManifest,
+        submitted: Sequence[Submission],
+        cost: float | None,
+        links: dict[str, str],
+    ) -> dict[str, Any]:
+        """The submission observation: the round's opener in the ledger, and what a reader sees of it."""
         records = [s.record for s in submitted]
         metadata: dict[str, Any] = {
             BATCHES_KEY: batches_metadata(records),
+            "status": "submitted",
             "batch_ids": dg.MetadataValue.json([r.batch_id for r in records]),
             "reattached": sum(1 for s in submitted if s.reattached),
             "submitted": sum(1 for s in submitted if not s.reattached),
-            "statuses": dg.MetadataValue.json({b.id: str(b.status) for b in batches}),
+            "submitted_status": dg.MetadataValue.json({s.batch.id: str(s.batch.status) for s in submitted}),
             "requests": manifest.requests,
             "provider": resource.provider,
             "completion_window": resource.window,
@@ -217,10 +242,8 @@ class PipelineRuntime:
         if cost is not None and any(not s.reattached for s in submitted):
             # What this run paid for: a per-run budget adds it up (a re-attached batch was paid before).
             new = sum(manifest.shards[s.record.shard].rows for s in submitted if not s.reattached)
-            metadata[SUBMITTED_COST_KEY] = dg.MetadataValue.float(cost * new / manifest.requests)
-        if links:
-            metadata["console"] = dg.MetadataValue.md("\n".join(f"- [{i}]({url})" for i, url in links.items()))
-        return dg.MaterializeResult(metadata=metadata)
+            metadata[SUBMITTED_COST_KEY] = usd(cost * new / manifest.requests)
+        return {**metadata, **console_metadata(links)}
 
     # ---- cost before spending -------------------------------------------------------------------
     def budgets(self, resource: BatchProviderResource) -> dict[str, float]:
@@ -249,9 +272,9 @@ class PipelineRuntime:
             "price_source": prices.source if prices is not None else "none (set input and output prices)",
         }
         if cost is not None:
-            metadata["estimated_cost_usd"] = dg.MetadataValue.float(cost)
+            metadata["estimated_cost_usd"] = usd(cost)
         for scope, budget in self.budgets(resource).items():
-            metadata["budget_usd" if scope == "partition" else "run_budget_usd"] = dg.MetadataValue.float(budget)
+            metadata["budget_usd" if scope == "partition" else "run_budget_usd"] = usd(budget)
         return metadata
 
     def check_budget(

@@ -5,8 +5,10 @@ Batches take hours, so no run waits for them. The sensor reads the rounds the le
 two bounded event-log queries however many partitions are in flight. It tracks the batches of each
 round's latest attempt, polls the due ones concurrently within a time budget (least recently
 polled first, the rest carried to the next tick), records progress as observations on
-``<name>_batch``, and requests one ``<name>_results`` run when every batch of the attempt is
-terminal. A batch whose poll fails stays in flight with a growing delay; it never stops the
+``<name>_batch`` (:mod:`batch_pipelines.pipeline.progress`), and when every batch of the attempt
+is terminal materializes ``<name>_batch`` (once per round) and requests one ``<name>_results``
+run, unless the partition's results were joined from these batches already (a re-attached
+round, a first tick over an old history). A batch whose poll fails stays in flight with a growing delay; it never stops the
 others. A batch the provider refused because its token queue was full holds its partition's
 results run back by the resource's ``resubmit_delay``: that run submits the shard again, and the
 queue has had time to drain.
@@ -25,11 +27,15 @@ from batch_pipelines.pipeline.ledger import (
     PAGE,
     PIPELINE_RUN_TAG,
     ROUND_KEY,
+    is_submission,
     metadata_int,
     metadata_text,
     read_batches,
+    results_cover,
+    round_finished,
 )
 from batch_pipelines.pipeline.options import DEFAULT_OPTIONS
+from batch_pipelines.pipeline.progress import BatchState, ended_at, finished_metadata, in_flight_metadata, progress_metadata, started_at
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.providers import TERMINAL_STATUSES, Batch, poll_batches
 from batch_pipelines.submission import RESUBMIT_TAG, SubmittedBatch, partition_tag
@@ -37,8 +43,6 @@ from batch_pipelines.submission import RESUBMIT_TAG, SubmittedBatch, partition_t
 __all__ = ["build_batch_sensor"]
 
 _TERMINAL = frozenset(str(s) for s in TERMINAL_STATUSES)
-
-
 
 
 class _Tracked(BaseModel):
@@ -57,6 +61,12 @@ class _Tracked(BaseModel):
     errors: int = 0
     #: time.time() before which the results run waits (a refusal for a full queue is resubmitted then).
     hold_until: float = 0.0
+    #: When the provider started running it (for the expected finish) and when it ended.
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    def state(self) -> BatchState:
+        return BatchState(self.id, self.status, self.completed, self.failed, self.total, self.started_at or self.seen_at, self.ended_at)
 
 
 class _Group(BaseModel):
@@ -73,7 +83,7 @@ class _Group(BaseModel):
 
 
 class _Cursor(BaseModel):
-    #: Storage ids of the last ``<name>_batch`` materialization and ``<name>_results`` observation read.
+    #: Storage ids of the last ``<name>_batch`` and ``<name>_results`` observations read.
     after_batch: int | None = None
     after_control: int | None = None
     groups: list[_Group] = Field(default_factory=list)
@@ -91,6 +101,7 @@ class _Cursor(BaseModel):
 def build_batch_sensor(
     *,
     name: str,
+    requests_key: dg.AssetKey,
     batch_key: dg.AssetKey,
     results_key: dg.AssetKey,
     resource_key: str = DEFAULT_OPTIONS.resource_key,
@@ -123,6 +134,7 @@ def build_batch_sensor(
         tracked = {b.id: b for g in cursor.groups for b in g.batches if b.status not in _TERMINAL}
         due = sorted((b for b in tracked.values() if b.due_at <= now), key=lambda b: b.polled_at)
         changed: set[str] = set()
+        links: dict[str, str] = {}
         if due:
             with resource.get_provider() as provider:
                 polled = poll_batches(
@@ -131,6 +143,7 @@ def build_batch_sensor(
                     max_workers=resource.max_concurrent_polls,
                     deadline=started + tick_budget_seconds,
                 )
+                links = {i: url for i in tracked if (url := provider.console_url(i))}
             now = time.time()
             for batch_id, answer in polled.items():
                 entry = tracked[batch_id]
@@ -148,16 +161,34 @@ def build_batch_sensor(
             if carried:
                 context.log.info(f"{carried} of {len(due)} due batches not polled within {tick_budget_seconds}s; polled first next tick")
 
-        events: list[dg.AssetObservation] = []
+        events: list[dg.AssetObservation | dg.AssetMaterialization] = []
         runs: list[dg.RunRequest] = []
         remaining: list[_Group] = []
         for group in cursor.groups:
+            states = [b.state() for b in group.batches]
+            mine = {b.id: links[b.id] for b in group.batches if b.id in links}
             if any(b.id in changed for b in group.batches):
-                events.append(_progress(batch_key, group))
-            if group.done and max((b.hold_until for b in group.batches), default=0.0) <= now:
-                runs.append(_results_run(name, results_key, group))
-            else:
+                events.append(
+                    dg.AssetObservation(
+                        asset_key=batch_key, partition=group.partition, metadata=progress_metadata(states, attempt=group.attempt, links=mine, now=now)
+                    )
+                )
+            if not group.done or max((b.hold_until for b in group.batches), default=0.0) > now:
                 remaining.append(group)
+                continue
+            if not round_finished(context.instance, batch_key, group.partition, group.round):
+                events.append(
+                    dg.AssetMaterialization(
+                        asset_key=batch_key, partition=group.partition, metadata=finished_metadata(states, round_id=group.round, links=mine)
+                    )
+                )
+            ids = [b.id for b in group.batches]
+            if results_cover(context.instance, requests_key, results_key, group.partition, ids):
+                context.log.info(f"{partition_tag(group.partition)}: results already joined from batches {ids}; no results run")
+            else:
+                runs.append(_results_run(name, results_key, group))
+        if changed:
+            events.append(dg.AssetObservation(asset_key=batch_key, metadata=in_flight_metadata([[b.state() for b in g.batches] for g in cursor.groups])))
         cursor.groups = remaining
         return dg.SensorResult(run_requests=runs, asset_events=events, cursor=cursor.model_dump_json(exclude_defaults=True))
 
@@ -167,16 +198,18 @@ def build_batch_sensor(
 def _read_new_rounds(instance: dg.DagsterInstance, cursor: _Cursor, batch_key: dg.AssetKey, results_key: dg.AssetKey) -> None:
     """Add the batches recorded since the cursor's storage ids (one page of each stream per tick)."""
     now = time.time()
-    submitted = instance.fetch_materializations(
+    observed = instance.fetch_observations(
         dg.AssetRecordsFilter(batch_key, after_storage_id=cursor.after_batch), limit=PAGE, ascending=True
     ).records
-    for record in submitted:
-        # A new materialization opens a new round: the partition's older groups are superseded.
+    for record in observed:
+        cursor.after_batch = record.storage_id
+        metadata = record.asset_observation.metadata  # type: ignore[union-attr]
+        if not is_submission(metadata):
+            continue  # progress this sensor observed
+        # A new submission opens a new round: the partition's older groups are superseded.
         partition = record.partition_key
         cursor.groups = [g for g in cursor.groups if g.partition != partition]
-        batches = read_batches(record.asset_materialization.metadata)  # type: ignore[union-attr]
-        cursor.groups.append(_group(partition, record.storage_id, 1, batches, now))
-        cursor.after_batch = record.storage_id
+        cursor.groups.append(_group(partition, record.storage_id, 1, read_batches(metadata), now))
 
     controls = instance.fetch_observations(
         dg.AssetRecordsFilter(results_key, after_storage_id=cursor.after_control), limit=PAGE, ascending=True
@@ -210,6 +243,8 @@ def _update(entry: _Tracked, batch: Batch) -> bool:
     before = (entry.status, entry.completed, entry.failed, entry.total)
     counts = batch.request_counts
     entry.status, entry.completed, entry.failed, entry.total = str(batch.status), counts.completed, counts.failed, counts.total
+    entry.started_at = started_at(batch) or entry.started_at
+    entry.ended_at = ended_at(batch)
     return before != (entry.status, entry.completed, entry.failed, entry.total)
 
 
@@ -222,25 +257,6 @@ def _hold_if_refused(
         delay = resource.resubmit_delay(refusals)
         entry.hold_until = now + delay
         context.log.warning(f"batch {batch.id} refused: the provider's queue is full; its shard goes again in {delay:.0f}s")
-
-
-def _progress(batch_key: dg.AssetKey, group: _Group) -> dg.AssetObservation:
-    """Progress of one partition's attempt: numbers Dagster plots over time on the asset page."""
-    batches = group.batches
-    open_statuses = [b.status for b in batches if b.status not in _TERMINAL]
-    return dg.AssetObservation(
-        asset_key=batch_key,
-        partition=group.partition,
-        metadata={
-            "status": open_statuses[0] if open_statuses else "done",
-            "attempt": dg.MetadataValue.int(group.attempt),
-            "completed": dg.MetadataValue.int(sum(b.completed for b in batches)),
-            "failed": dg.MetadataValue.int(sum(b.failed for b in batches)),
-            "total": dg.MetadataValue.int(sum(b.total for b in batches)),
-            "batches": dg.MetadataValue.int(len(batches)),
-            "batches_terminal": dg.MetadataValue.int(len(batches) - len(open_statuses)),
-        },
-    )
 
 
 def _results_run(name: str, results_key: dg.AssetKey, group: _Group) -> dg.RunRequest:

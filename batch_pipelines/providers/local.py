@@ -83,6 +83,9 @@ class LocalProvider(BatchProvider):
     def close(self) -> None:
         self._engine.close()
 
+    def console_url(self, batch_id: str) -> str | None:
+        return None  # no console: the posed-as provider's would not know this batch
+
     def upload_file(self, path: Path, *, purpose: str = "batch") -> FileObject:
         path = Path(path)
         return parse_file(engine_call(lambda: self._engine.create_file(path.name, purpose, path)))

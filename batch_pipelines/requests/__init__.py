@@ -42,7 +42,7 @@ from batch_pipelines.requests.media import MediaFile, MediaPart, MediaUploader
 from batch_pipelines.requests.problems import Problem, ProblemCode, RejectedRow, RequestValidationError
 from batch_pipelines.requests.schema import strict_json_schema
 from batch_pipelines.requests.send_once import HELD_BACK, AnswerLookup, SendOnce
-from batch_pipelines.requests.source_digest import source_digest
+from batch_pipelines.requests.source_digest import frame_digest, source_digest
 from batch_pipelines.requests.shards import Shard
 from batch_pipelines.requests.spec import RequestSpec
 
@@ -70,6 +70,7 @@ __all__ = [
     "build_request_files",
     "custom_ids",
     "fingerprint_keys",
+    "frame_digest",
     "source_digest",
     "strict_json_schema",
 ]

@@ -19,7 +19,7 @@ import xxhash
 from batch_pipelines.profiles import ProviderProfile
 from batch_pipelines.requests.spec import RequestSpec
 
-__all__ = ["source_digest", "spec_digest"]
+__all__ = ["frame_digest", "source_digest", "spec_digest"]
 
 
 def spec_digest(spec: RequestSpec, profile: ProviderProfile) -> str | None:
@@ -43,13 +43,29 @@ def source_digest(df: pd.DataFrame, spec: RequestSpec, profile: ProviderProfile)
     digest.update(orjson.dumps([described, len(df)]))
     values = [df.index] if spec.key_column is None else []
     values += [df[c] for c in dict.fromkeys([*([spec.key_column] if spec.key_column else []), *spec.columns]) if c in df.columns]
+    return digest.hexdigest() if _hash_values(digest, values) else None
+
+
+def frame_digest(df: pd.DataFrame) -> str | None:
+    """The digest of a whole DataFrame (index, column names, every value); None when Arrow cannot hold a column.
+
+    Results join every source column, not only those the requests read: equal digests of the
+    source mean the results joined from it are still the source's.
+    """
+    digest = xxhash.xxh3_128()
+    digest.update(orjson.dumps([len(df), [str(c) for c in df.columns]]))
+    return digest.hexdigest() if _hash_values(digest, [df.index, *(df.iloc[:, i] for i in range(df.shape[1]))]) else None
+
+
+def _hash_values(digest: xxhash.xxh3_128, values: list[pd.Index | pd.Series]) -> bool:
+    """Add each value's Arrow buffers to ``digest``; False when a value cannot be held by Arrow."""
     for value in values:
         try:
             array = pa.array(value, from_pandas=True)
         except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError):
-            return None
+            return False
         for chunk in array.chunks if isinstance(array, pa.ChunkedArray) else [array]:
             digest.update(orjson.dumps([str(chunk.type), chunk.offset, len(chunk)]))
             for buffer in chunk.buffers():
                 digest.update(b"-" if buffer is None else memoryview(buffer))
-    return digest.hexdigest()
+    return True

@@ -66,8 +66,8 @@ class ResultSummary(BaseModel):
     total_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
-    #: In the currency of the Prices given, after the batch discount; None without prices.
-    cost: float | None = None
+    #: USD (the currency of prices), after the batch discount; None without prices.
+    cost_usd: float | None = None
     #: Share of rows without a usable answer: 1 - succeeded / rows.
     failure_rate: float = 0.0
     unknown_lines: int = 0
@@ -111,7 +111,7 @@ def summarize(
         **{outcome: int(counts[outcome]) for outcome in OUTCOMES},
         reused=int(frame[REUSED_COLUMN].sum()) if REUSED_COLUMN in frame.columns else 0,
         **tokens,
-        cost=cost,
+        cost_usd=cost,
         failure_rate=(1 - int(counts["succeeded"]) / rows) if rows else 0.0,
         unknown_lines=anomalies.unknown_lines,
         duplicate_lines=anomalies.duplicate_lines,

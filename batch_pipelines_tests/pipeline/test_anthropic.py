@@ -54,7 +54,7 @@ def test_partitions_structured_output_retries_and_expiry(harness, anthropic):
     h.submit([DAYS2[1]])
     svc.set_faults(FaultPlan())  # retries run clean
     assert [b["status"] for b in service_batches(svc)] and len(service_batches(svc)) == 2
-    assert h.latest_metadata(h.pipeline.batch_asset, DAYS2[0])["provider"] == "anthropic"
+    assert h.submission(DAYS2[0])["provider"] == "anthropic"
 
     h.drive(DAYS2)
 
@@ -78,7 +78,7 @@ def test_partitions_structured_output_retries_and_expiry(harness, anthropic):
     assert len(service_batches(svc)) == 4
     # A full resend (reuse bypassed for the run) re-attaches through the recorded tags: nothing paid twice.
     h.run([h.texts, h.pipeline.requests_asset, h.pipeline.batch_asset], DAYS2[0], tags={REUSE_RUN_TAG: "off"})
-    assert h.latest_metadata(h.pipeline.batch_asset, DAYS2[0])["reattached"] == 1
+    assert h.submission(DAYS2[0])["reattached"] == 1
     assert len(service_batches(svc)) == 4
     for run in h.instance.get_runs():
         assert not [e for e in h.instance.all_logs(run.run_id) if svc.api_key in str(e)]

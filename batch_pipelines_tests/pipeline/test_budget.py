@@ -39,7 +39,7 @@ def test_within_budget_it_submits_with_prices_from_the_price_table(harness, serv
     assert meta["price_source"].startswith("genai-prices ") and meta["estimated_cost_usd"] < 1.0
     assert len(service_batches(service)) == 1
     h.drive([DAY])
-    assert h.latest_metadata(h.pipeline.results_asset, DAY)["cost"] > 0  # the results' cost, from the same table
+    assert h.latest_metadata(h.pipeline.results_asset, DAY)["cost_usd"] > 0  # the results' cost, from the same table
 
 
 def test_a_budget_needs_a_bound_on_the_answers(harness, service):

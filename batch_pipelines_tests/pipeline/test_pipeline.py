@@ -1,6 +1,7 @@
 """The pipeline end to end on a real Dagster instance and the local service over HTTP."""
 
 import fcntl
+import json
 import logging
 import signal
 import subprocess
@@ -44,7 +45,7 @@ def test_three_partitions_every_row_once(harness, service):
     h = harness(rows=8)
     h.submit(DAYS3)
     assert len(service_batches(service)) == 3
-    batch_meta = h.latest_metadata(h.pipeline.batch_asset, DAY)
+    batch_meta = h.submission(DAY)
     assert batch_meta["submitted"] == 1 and batch_meta["reattached"] == 0
     assert batch_meta["provider"] == "openai" and batch_meta["completion_window"] == "24h"
     requests_meta = h.latest_metadata(h.pipeline.requests_asset, DAY)
@@ -65,29 +66,30 @@ def test_three_partitions_every_row_once(harness, service):
         meta = h.latest_metadata(h.pipeline.results_asset, day)
         assert meta["succeeded"] == 8 and meta["dagster/row_count"] == 8 and meta["attempts"] == 1
     assert all(checks_of(r) == {ROWS_CHECK: True, FAILURE_RATE_CHECK: True, OUTPUT_VALID_CHECK: True} for r in h.executed)
-    # The sensor recorded progress on the batch asset, per partition.
+    # The batch asset was materialized by the sensor once each day's batch had ended, with its final status.
+    for day in DAYS3:
+        done = h.latest_metadata(h.pipeline.batch_asset, day)
+        assert done["status"] == "completed" and done["completed"] == 8 and done["requests"] == 8
+        assert done["batch_ids"] == h.submission(day)["batch_ids"]
+    # On the way it observed the submission and the progress, per partition, and the sum of what was in flight.
     observed = h.instance.fetch_observations(h.pipeline.batch_asset.key, limit=100).records
-    assert {r.partition_key for r in observed} == set(DAYS3)
-    assert all(r.asset_observation.metadata["total"].value == 8 for r in observed)
+    assert {r.partition_key for r in observed} == {*DAYS3, None}
+    progress = [r.asset_observation.metadata for r in observed if r.partition_key and "progress" in r.asset_observation.metadata]
+    assert progress and progress[0]["progress"].value == "8 of 8 requests done (100%), 0 failed"  # the latest first
     # The API key reached no run's event log (metadata, logs, errors) nor the sensor's cursor.
     for run in h.instance.get_runs():
         assert not [e for e in h.instance.all_logs(run.run_id) if service.api_key in str(e)]
     assert service.api_key not in h.cursor
     # Nothing left to do: later ticks request nothing; materializing the finished day again sends
-    # no row (every answer is reused) and its results come back whole, from no batch.
+    # no row (every answer is reused), and its results, joined from this very source, are not run again.
     assert not h.tick().run_requests
     h.submit([DAY])
     assert h.latest_metadata(h.pipeline.requests_asset, DAY)["rows_reused"] == 8
-    assert h.latest_metadata(h.pipeline.batch_asset, DAY)["submitted"] == 0
+    assert h.submission(DAY)["submitted"] == 0
     assert len(service_batches(service)) == 3
-    first = h.results(DAY)
     tick = h.tick(launch=True)  # a round of no batch is done at once
-    assert [r.partition_key for r in tick.run_requests] == [DAY]
-    assert h.latest_metadata(h.pipeline.results_asset, DAY)["reused"] == 8
-    again = h.results(DAY)
-    assert set(again["outcome"]) == {"succeeded"} and again["reused"].all() and not first["reused"].any()
-    assert again["content"].tolist() == first["content"].tolist()
-    assert again["batch_id"].tolist() == first["batch_id"].tolist()  # the batch that bought each answer
+    assert not tick.run_requests and not json.loads(tick.cursor).get("groups")
+    assert h.latest_metadata(h.pipeline.batch_asset, DAY)["batches"] == 0
 
 
 def test_backfill_of_twenty_partitions_is_polled_in_one_tick(harness, service):
@@ -102,7 +104,8 @@ def test_backfill_of_twenty_partitions_is_polled_in_one_tick(harness, service):
     tick = h.tick()
 
     assert sorted(r.partition_key for r in tick.run_requests) == sorted(days)
-    assert {e.partition for e in tick.asset_events} == set(days)
+    materialized = [e for e in tick.asset_events if isinstance(e, dg.AssetMaterialization)]
+    assert sorted(e.partition for e in materialized) == sorted(days)
     h.execute(tick.run_requests[0])
     assert len(h.results(tick.run_requests[0].partition_key)) == 2
 
@@ -122,7 +125,7 @@ def test_crash_after_accept_leaves_one_batch(harness, service, instance, tmp_pat
 
     batches = service_batches(service)
     assert len(batches) == 1
-    meta = h.latest_metadata(h.pipeline.batch_asset, DAY)
+    meta = h.submission(DAY)
     assert meta["reattached"] == 1 and meta["batch_ids"] == [batches[0]["id"]]
     h.drive([DAY])
     assert set(h.results(DAY)["outcome"]) == {"succeeded"}
@@ -239,7 +242,7 @@ def test_a_submit_reads_only_the_recent_end_of_a_long_batch_history(harness, ser
     # first page already reaches back past the partition's start. The whole history is 3 pages.
     assert first_listing == 2
     assert requests_sent(records, "GET", "/v1/batches?") == 1
-    assert h.latest_metadata(h.pipeline.batch_asset, DAY)["reattached"] == 1
+    assert h.submission(DAY)["reattached"] == 1
     assert len([b for b in service_batches(service) if b["metadata"] and b["metadata"].get("bp_partition") == DAY]) == 1
 
 

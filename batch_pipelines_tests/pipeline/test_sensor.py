@@ -29,10 +29,10 @@ def create_batches(service: LocalService, count: int, tmp_path: Path) -> list[st
 
 
 def record(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, batch_ids: list[str]) -> None:
-    """What ``<name>_batch`` records: its batches, in its materialization's metadata."""
+    """What ``<name>_batch`` records: its batches, in the submission observation's metadata."""
     records = [SubmittedBatch(batch_id=b, shard=i, fingerprint=f"fp{i}", attempt=1) for i, b in enumerate(batch_ids)]
     instance.report_runless_asset_event(
-        dg.AssetMaterialization(asset_key=key, partition=partition, metadata={BATCHES_KEY: batches_metadata(records)})
+        dg.AssetObservation(asset_key=key, partition=partition, metadata={BATCHES_KEY: batches_metadata(records)})
     )
 
 
@@ -83,6 +83,9 @@ def test_a_new_materialization_supersedes_the_partition_round(harness, service, 
     [request] = tick.run_requests
     assert request.partition_key == DAYS.get_partition_keys()[0]
     assert json.loads(tick.cursor).get("groups", []) == []
-    # Progress was recorded for the partition, with counts Dagster can plot.
-    [event] = tick.asset_events
-    assert event.metadata["batches_terminal"].value == 2 and event.metadata["total"].value == 2
+    # Progress was recorded for the partition; its batches ended: the batch asset is materialized.
+    progress, done, in_flight = tick.asset_events
+    assert progress.partition == done.partition == DAYS.get_partition_keys()[0] and in_flight.partition is None
+    assert isinstance(done, dg.AssetMaterialization) and done.metadata["batches"].value == 2
+    assert progress.metadata["progress"].value == "2 of 2 requests done (100%), 0 failed"
+    assert in_flight.metadata["batches_in_flight"].value == 0

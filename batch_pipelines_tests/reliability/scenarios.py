@@ -28,6 +28,7 @@ from typing import Any
 import dagster as dg
 
 from batch_pipelines.local_service import FaultPlan, HttpFault
+from batch_pipelines.pipeline.ledger import is_submission
 from batch_pipelines_tests.support.child_runs import CRASH_EXIT, start_child
 from batch_pipelines_tests.support.profiles import PROFILES
 from batch_pipelines_tests.reliability.world import (
@@ -275,7 +276,7 @@ def crash_after_accept(world: World) -> None:
     expect(child.returncode == CRASH_EXIT, f"the child should die right after the accept: {stderr.decode()[-300:]}")
     expect(len(world.batches()) == 1, "the provider accepted the batch")
     world.submit()  # the killed run launched again, and the other day
-    expect(world.metadata(h.pipeline.batch_asset, FIRST)["reattached"] == 1, "the accepted batch is re-attached")
+    expect(h.submission(FIRST)["reattached"] == 1, "the accepted batch is re-attached")
     world.drive()
     all_succeeded(world)
     one_batch_per_shard(world)
@@ -315,7 +316,7 @@ def racing_submits(world: World) -> None:
     world.drive()
     all_succeeded(world)
     one_batch_per_shard(world)
-    submitted = sorted(m.get("submitted") for m in _materializations(world, FIRST))
+    submitted = sorted(m.get("submitted") for m in _submissions(world, FIRST))
     expect(submitted == [0, 1], f"one run submitted, the other re-attached: {submitted}")
 
 
@@ -345,11 +346,13 @@ def template_changed(world: World) -> None:
     expect(len(world.batches()) == 2 * len(world.partitions), "one new batch per partition beside the cancelled ones")
 
 
-def _materializations(world: World, partition: str) -> list[dict[str, Any]]:
-    records = world.instance.fetch_materializations(
-        dg.AssetRecordsFilter(world.pipeline.batch_asset.key, asset_partitions=[partition]), limit=100
+def _submissions(world: World, partition: str) -> list[dict[str, Any]]:
+    """The partition's submissions recorded by ``<name>_batch`` (observations), latest first."""
+    records = world.instance.fetch_observations(
+        dg.AssetRecordsFilter(world.pipeline.batch_asset.key, asset_partitions=[partition]), limit=1000
     ).records
-    return [{k: getattr(v, "value", v) for k, v in r.asset_materialization.metadata.items()} for r in records]
+    metadata = [r.asset_observation.metadata for r in records]
+    return [{k: getattr(v, "value", v) for k, v in m.items()} for m in metadata if is_submission(m)]
 
 
 # ---- the table --------------------------------------------------------------------------------------

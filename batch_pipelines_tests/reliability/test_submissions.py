@@ -6,6 +6,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from batch_pipelines.local_service import FAULTS_METADATA_KEY, FaultPlan, HttpFault
+from batch_pipelines.pipeline.ledger import is_submission
 from batch_pipelines_tests.support.driver import Harness, make_resource
 from batch_pipelines_tests.reliability.world import PARTITIONS, ROWS, Scenario, World, open_world
 
@@ -81,7 +82,9 @@ def test_a_queue_that_stays_full_ends_in_failed_rows_not_rejected_ones():
 
 
 def _batch_metadata(world: World) -> list[dict]:
-    records = world.instance.fetch_materializations(
-        dg.AssetRecordsFilter(world.pipeline.batch_asset.key, asset_partitions=[DAY]), limit=10
+    """The day's submissions recorded by ``<name>_batch`` (observations), latest first."""
+    records = world.instance.fetch_observations(
+        dg.AssetRecordsFilter(world.pipeline.batch_asset.key, asset_partitions=[DAY]), limit=100
     ).records
-    return [{k: getattr(v, "value", v) for k, v in r.asset_materialization.metadata.items()} for r in records]
+    metadata = [r.asset_observation.metadata for r in records]
+    return [{k: getattr(v, "value", v) for k, v in m.items()} for m in metadata if is_submission(m)]

@@ -16,15 +16,15 @@ def test_cost_from_configured_prices_and_the_profile_discount(tmp_path):
     frame = join(tmp_path, df, ids, output, [http_error("r2", 429)]).frame
     prices = Prices(input_per_million=2.0, output_per_million=8.0, cached_input_per_million=0.5)
     # (1.1M fresh input * 2 + 0.4M cached * 0.5 + 0.3M output * 8) / 1M = 2.2 + 0.2 + 2.4 = 4.8 before the discount.
-    assert summarize(frame, profile=OPENAI, prices=prices).cost == pytest.approx(4.8 * 0.5)
-    assert summarize(frame, profile=MOONSHOT, prices=prices).cost == pytest.approx(4.8 * 0.6)
+    assert summarize(frame, profile=OPENAI, prices=prices).cost_usd == pytest.approx(4.8 * 0.5)
+    assert summarize(frame, profile=MOONSHOT, prices=prices).cost_usd == pytest.approx(4.8 * 0.6)
     no_cached_price = Prices(input_per_million=2.0, output_per_million=8.0)
-    assert summarize(frame, profile=OPENAI, prices=no_cached_price).cost == pytest.approx((1.5 * 2 + 0.3 * 8) * 0.5)
+    assert summarize(frame, profile=OPENAI, prices=no_cached_price).cost_usd == pytest.approx((1.5 * 2 + 0.3 * 8) * 0.5)
     summary = summarize(frame, profile=OPENAI, prices=prices)
     metadata = summary.to_metadata()
     assert metadata["succeeded"] == 2 and metadata["failed"] == 1 and metadata["failure_rate"] == pytest.approx(1 / 3)
-    assert metadata["cost"] == pytest.approx(2.4) and all(isinstance(v, (int, float)) for v in metadata.values())
-    assert "cost" not in summarize(frame).to_metadata()
+    assert metadata["cost_usd"] == pytest.approx(2.4) and all(isinstance(v, (int, float)) for v in metadata.values())
+    assert "cost_usd" not in summarize(frame).to_metadata()
     with pytest.raises(ValueError, match="profile"):
         summarize(frame, prices=prices)
     with pytest.raises(ValueError):
@@ -45,7 +45,7 @@ def test_summary_and_cost_match_the_service_usage(local_service, tmp_path):
     f = result.frame
     assert s.prompt_tokens == int(f["prompt_tokens"].sum()) > 0 and s.completion_tokens == int(f["completion_tokens"].sum()) > 0
     assert s.total_tokens == s.prompt_tokens + s.completion_tokens and s.cached_tokens == 0
-    assert s.cost == pytest.approx((s.prompt_tokens * 0.6 + s.completion_tokens * 2.5) / 1e6 * (1 - 0.4))
+    assert s.cost_usd == pytest.approx((s.prompt_tokens * 0.6 + s.completion_tokens * 2.5) / 1e6 * (1 - 0.4))
     assert s.failure_rate == pytest.approx(s.failed / 50) and s.failed == run.batches[0].request_counts.failed
     assert summarize(f, profile=moonshot, prices=prices) == s.model_copy(update={"unknown_lines": 0, "duplicate_lines": 0, "corrupt_lines": 0})
-    assert set(s.to_metadata()) >= {"rows", "succeeded", "failed", "cost", "failure_rate", "total_tokens"}
+    assert set(s.to_metadata()) >= {"rows", "succeeded", "failed", "cost_usd", "failure_rate", "total_tokens"}

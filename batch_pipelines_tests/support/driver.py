@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from batch_pipelines import BatchPipeline, BatchProviderResource, RequestSpec, build_batch_pipeline
+from batch_pipelines.pipeline.ledger import is_submission
 from batch_pipelines_tests.support.waiting import wait_until
 
 #: The tag Dagster gives a run launched for a run request with a run key.
@@ -190,7 +191,20 @@ class Harness:
             dg.AssetRecordsFilter(asset.key, asset_partitions=[partition] if partition else None), limit=1
         ).records
         assert records, f"{asset.key.to_user_string()} {partition} was never materialized"
-        return {k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()}
+        return _plain(records[0].asset_materialization.metadata)
+
+    def submission(self, partition: str | None) -> dict[str, Any]:
+        """The metadata of the partition's latest submission (an observation of ``<name>_batch``)."""
+        records = self.instance.fetch_observations(
+            dg.AssetRecordsFilter(self.pipeline.batch_asset.key, asset_partitions=[partition] if partition else None), limit=1000
+        ).records
+        found = [r for r in records if is_submission(r.asset_observation.metadata)]
+        assert found, f"{self.pipeline.batch_asset.key.to_user_string()} {partition} was never submitted"
+        return _plain(found[0].asset_observation.metadata)
+
+
+def _plain(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: getattr(v, "value", v) for k, v in metadata.items()}
 
 
 def build(name: str = "classify", **options: Any) -> BatchPipeline:

@@ -3,8 +3,11 @@
 ``dagster dev`` serves the demo code location from ``workspace.yaml`` on a free port, with a
 temporary DAGSTER_HOME holding the project's ``dagster.yaml`` (the local provider at instant speed,
 the sensor ticking every second). Debian's chromium, driven by Playwright, opens the asset graph,
-launches the submit job for one day from the Materialize dialog, waits until the sensor's results
-run has succeeded and finds the row counts on the results asset's page. Screenshots are saved to
+stops the sensor from its page, launches the submit job for one day from the Materialize dialog,
+and finds the day's batch in flight on the batch asset's page: submitted, not materialized (the
+sensor is off, so it stays so however slow the machine). It starts the sensor again, waits until
+the results run has succeeded, and finds the batch done on the batch asset's page and the row
+counts, the cost in USD and the columns on the results asset's page. Screenshots are saved to
 ``.artifacts/ui/`` (and ``failure.png`` there when a step fails).
 
 Needs ``/usr/bin/chromium`` (``make browser`` installs it; the test never downloads a browser).
@@ -12,6 +15,7 @@ Needs ``/usr/bin/chromium`` (``make browser`` installs it; the test never downlo
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -165,6 +169,20 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=10)
 
 
+def _materialized(dev: DagsterDev, asset: str, day: str) -> bool:
+    """Whether Dagster counts ``asset``'s partition ``day`` as materialized (what the partitions bar shows)."""
+    ranges = dev.graphql(_MATERIALIZED, path=[asset])["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]
+    return any(r["status"] == "MATERIALIZED" and r["startKey"] <= day <= r["endKey"] for r in ranges)
+
+
+_MATERIALIZED = """
+query Materialized($path: [String!]!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode { assetPartitionStatuses { ... on TimePartitionStatuses { ranges { status startKey endKey } } } }
+  }
+}
+"""
+
 _RUNS = """
 query Runs($filter: RunsFilter!) {
   runsOrError(filter: $filter) {
@@ -181,6 +199,33 @@ def _runs(dev: DagsterDev, **tags: str) -> list[dict[str, Any]]:
     runs = data["runsOrError"]
     assert runs["__typename"] == "Runs", runs
     return runs["results"]
+
+
+def _succeeded_run(dev: DagsterDev, job: str) -> dict[str, Any] | None:
+    """The day's run of ``job`` once it succeeded; fails as soon as a run of the day failed."""
+    runs = _runs(dev, **{"dagster/partition": DAY})
+    failed = [r for r in runs if r["status"] in ("FAILURE", "CANCELED")]
+    if failed:
+        pytest.fail(f"run {failed[0]['runId']} ({failed[0]['jobName']}) for {DAY} ended {failed[0]['status']}")
+    return next((r for r in runs if r["jobName"] == job and r["status"] == "SUCCESS"), None)
+
+
+def _metadata_row(page: Any, key: str) -> Any:
+    """The value cell of metadata entry ``key`` in the asset page's metadata table."""
+    return page.get_by_role("row").filter(has=page.get_by_role("cell", name=key, exact=True)).first.get_by_role("cell").last
+
+
+def _toggle_sensor(page: Any, url: str, *, running: bool) -> None:
+    """Turn the demo's sensor on or off from its page, as a user does, and wait until the page says so."""
+    page.goto(f"{url}/locations/{LOCATION}/sensors/classify_texts_sensor")
+    switch = page.locator("label:has(input[type=checkbox])").first
+    checkbox = switch.locator("input[type=checkbox]")
+    from playwright.sync_api import expect
+
+    expect(checkbox).to_be_attached()
+    if checkbox.is_checked() != running:
+        switch.click()
+    (expect(checkbox).to_be_checked() if running else expect(checkbox).not_to_be_checked())
 
 
 def _finished_results_run(dev: DagsterDev) -> dict[str, Any] | None:
@@ -220,7 +265,11 @@ def test_materialize_from_the_ui_and_watch_the_sensor_finish(chromium: str, dags
                 expect(page.get_by_text(name, exact=True).first).to_be_visible()
             shot("01_asset_graph")
 
-            # 2. Materialize the submit job's assets for one day from the job's asset graph.
+            # 2. Stop the sensor: the day's batch then stays in flight, as Dagster knows it, until it runs again.
+            _toggle_sensor(page, url, running=False)
+            shot("02_sensor_stopped")
+
+            # 3. Materialize the submit job's assets for one day from the job's asset graph.
             page.goto(f"{url}/locations/{LOCATION}/jobs/classify_texts_submit")
             page.get_by_role("button", name="Materialize all…").click()
             dialog = page.get_by_role("dialog")
@@ -230,12 +279,23 @@ def test_materialize_from_the_ui_and_watch_the_sensor_finish(chromium: str, dags
             partitions.press("Enter")
             launch = dialog.get_by_role("button", name="Launch 1 run")
             expect(launch).to_be_enabled()
-            shot("02_materialize_dialog")
+            shot("03_materialize_dialog")
             launch.click()
             expect(page.get_by_text("Launched run")).to_be_visible()
-            shot("03_launched")
+            shot("04_launched")
 
-            # 3. The daemon runs the sensor, which launches the results run once the batch is done.
+            # 4. The submit run ended: the batch is in flight. The batch asset is not materialized;
+            # its page shows the submission, with the batch id.
+            wait_for("the submit run to succeed", lambda: _succeeded_run(dagster_dev, "classify_texts_submit"), timeout=150, dev=dagster_dev)
+            assert not _materialized(dagster_dev, "classify_texts_batch", DAY)
+            page.goto(f"{url}/assets/classify_texts_batch?partition={DAY}")
+            expect(page.get_by_text("Never materialized")).to_be_visible()
+            expect(_metadata_row(page, "status")).to_have_text("submitted")
+            expect(_metadata_row(page, "batch_ids")).to_contain_text("batch_")
+            shot("05_batch_in_flight")
+
+            # 5. The sensor again: it polls the batch, materializes the batch asset and launches the results run.
+            _toggle_sensor(page, url, running=True)
             run = wait_for(
                 "the sensor's results run to succeed", lambda: _finished_results_run(dagster_dev), timeout=150, dev=dagster_dev
             )
@@ -243,15 +303,26 @@ def test_materialize_from_the_ui_and_watch_the_sensor_finish(chromium: str, dags
             expect(page.get_by_text("Launched by classify_texts_sensor")).to_be_visible()
             expect(page.get_by_text("Success", exact=True).first).to_be_visible()
             expect(page.get_by_text("Finished execution of run").first).to_be_visible()
-            shot("04_results_run")
+            shot("06_results_run")
 
-            # 4. The results asset's page shows the day's row counts.
+            # 6. The batch asset's page: materialized, done, with the final figures.
+            assert _materialized(dagster_dev, "classify_texts_batch", DAY)
+            page.goto(f"{url}/assets/classify_texts_batch?partition={DAY}")
+            expect(_metadata_row(page, "status")).to_have_text("completed")
+            expect(_metadata_row(page, "progress")).to_have_text(f"{ROWS} of {ROWS} requests done (100%), 0 failed")
+            shot("07_batch_done")
+
+            # 7. The results asset's page shows the day's row counts, the cost in USD and the columns.
             page.goto(f"{url}/assets/classify_texts_results?partition={DAY}")
             expect(page.get_by_text(DAY).first).to_be_visible()
             for key, value in (("rows", ROWS), ("succeeded", ROWS), ("failed", 0), ("missing", 0)):
-                row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=key, exact=True))
-                expect(row.get_by_role("cell").last, f"metadata {key}").to_have_text(str(value))
-            shot("05_results_asset")
+                expect(_metadata_row(page, key), f"metadata {key}").to_have_text(str(value))
+            cost = _metadata_row(page, "cost_usd")
+            expect(cost).to_have_text(re.compile(r"^0\.\d+$"))
+            assert float(cost.inner_text()) > 0
+            columns = page.get_by_role("row").filter(has=page.get_by_role("cell", name="output_category", exact=True)).first
+            expect(columns.get_by_role("cell").nth(1)).to_have_text("string")
+            shot("08_results_asset")
         except BaseException:
             try:
                 shot("failure")
