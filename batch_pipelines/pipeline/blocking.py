@@ -1,6 +1,7 @@
 """Blocking mode: a run that polls its own batches until they are terminal (small jobs, tests).
 
 The sensor is the normal way; a blocking run holds its worker for as long as the batches take.
+A run that cancelled superseded batches waits here too, a bounded time, for what they finished.
 """
 
 import time
@@ -12,7 +13,7 @@ import dagster as dg
 from batch_pipelines.providers import Batch, BatchProvider, poll_batches
 from batch_pipelines.submission import cancel_run_batches
 
-__all__ = ["cancel_if_stopped", "wait_for_batches"]
+__all__ = ["cancel_if_stopped", "wait_ended", "wait_for_batches"]
 
 #: Seconds one round of polls may take before the run sleeps and polls again.
 _POLL_ROUND_SECONDS = 60
@@ -24,6 +25,20 @@ def wait_for_batches(
     log: dg.DagsterLogManager, provider: BatchProvider, batch_ids: Sequence[str], *, max_workers: int, delay: DelayFn
 ) -> list[Batch]:
     """Poll until every batch is terminal; ``delay(age_seconds)`` says how long to sleep between rounds."""
+    ended = wait_ended(log, provider, batch_ids, max_workers=max_workers, delay=delay, seconds=None)
+    return [ended[i] for i in batch_ids]
+
+
+def wait_ended(
+    log: dg.DagsterLogManager,
+    provider: BatchProvider,
+    batch_ids: Sequence[str],
+    *,
+    max_workers: int,
+    delay: DelayFn,
+    seconds: float | None,
+) -> dict[str, Batch]:
+    """The batches that are terminal once all are, or after ``seconds`` (None: no limit)."""
     latest: dict[str, Batch] = {}
     started = time.monotonic()
     while True:
@@ -34,9 +49,11 @@ def wait_for_batches(
                 log.warning(f"polling batch {batch_id} failed: {answer}")
             else:
                 latest[batch_id] = answer
-        if all(i in latest and latest[i].is_terminal for i in batch_ids):
-            return [latest[i] for i in batch_ids]
-        time.sleep(delay(time.monotonic() - started))
+        waited = time.monotonic() - started
+        if all(i in latest and latest[i].is_terminal for i in batch_ids) or (seconds is not None and waited >= seconds):
+            return {i: b for i, b in latest.items() if b.is_terminal}
+        pause = delay(waited)
+        time.sleep(pause if seconds is None else max(0.0, min(pause, seconds - waited)))
 
 
 @contextmanager

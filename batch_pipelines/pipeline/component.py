@@ -141,6 +141,7 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable):
     retry_invalid_output: bool = DEFAULT_OPTIONS.retry_invalid_output
     on_stale: Literal["resend", "report"] = DEFAULT_OPTIONS.on_stale
     cancel_superseded: bool = DEFAULT_OPTIONS.cancel_superseded
+    superseded_wait_seconds: float = DEFAULT_OPTIONS.superseded_wait_seconds
     reuse: bool = DEFAULT_OPTIONS.reuse
     reuse_retention_days: float = DEFAULT_OPTIONS.reuse_retention_days
     failure_rate_threshold: float = DEFAULT_OPTIONS.failure_rate_threshold

@@ -44,6 +44,9 @@ class PipelineOptions:
     #: Cancel the in-flight batches of a partition when its request files are rebuilt with other
     #: content (a new prompt, corrected rows): their answers would be stale.
     cancel_superseded: bool = True
+    #: Seconds the rebuild waits for the batches it cancelled to end, to keep what they finished
+    #: for reuse (their rows are then not sent again); 0: do not wait, send those rows again.
+    superseded_wait_seconds: float = 300.0
     #: Pay once per request: a row whose request (same content, see ``request_fingerprint``) was
     #: answered in an earlier round of this pipeline, in any partition, or is asked by another row
     #: of the same submission, is not sent; it gets that answer (``reused`` in the results). One run
@@ -90,6 +93,8 @@ class PipelineOptions:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if not 0 <= self.failure_rate_threshold <= 1:
             raise ValueError(f"failure_rate_threshold must be within [0, 1], got {self.failure_rate_threshold}")
+        if self.superseded_wait_seconds < 0:
+            raise ValueError(f"superseded_wait_seconds must be >= 0, got {self.superseded_wait_seconds}")
         if self.reuse_retention_days <= 0:
             raise ValueError(f"reuse_retention_days must be positive, got {self.reuse_retention_days}")
         for name in ("max_cost_per_partition_usd", "max_cost_per_run_usd"):

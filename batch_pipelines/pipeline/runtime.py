@@ -16,12 +16,13 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from batch_pipelines.pipeline.blocking import cancel_if_stopped, wait_for_batches
+from batch_pipelines.pipeline.blocking import cancel_if_stopped, wait_ended, wait_for_batches
 from batch_pipelines.pipeline.ledger import (
     BATCHES_KEY,
     REUSE_RUN_TAG,
     SOURCE_DIGEST_KEY,
     SUBMITTED_COST_KEY,
+    Round,
     batches_metadata,
     control_metadata,
     first_built,
@@ -29,8 +30,8 @@ from batch_pipelines.pipeline.ledger import (
     run_submitted_cost,
 )
 from batch_pipelines.pipeline.metadata import first_requests, rejected_preview, usd
-from batch_pipelines.pipeline.progress import BatchState, console_metadata, finished_metadata
 from batch_pipelines.pipeline.options import PipelineOptions
+from batch_pipelines.pipeline.progress import BatchState, console_metadata, finished_metadata
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.providers import Batch, BatchProvider
 from batch_pipelines.requests import (
@@ -44,16 +45,18 @@ from batch_pipelines.requests import (
     estimate_requests,
     frame_digest,
 )
-from batch_pipelines.results import Prices, ReuseStore
+from batch_pipelines.results import Prices, ReuseStore, superseded_answers
 from batch_pipelines.submission import (
     PartitionFolder,
     Submission,
+    SubmittedBatch,
     Submitter,
     cancel_superseded,
     partition_lock,
     partition_of_tag,
     partition_tag,
     reuse_dir,
+    superseded_batches,
 )
 
 __all__ = ["PipelineRuntime"]
@@ -137,26 +140,23 @@ class PipelineRuntime:
         folder = self.folder(resource, context.instance, partition)
         out_dir = folder.attempt(1)
         send_once = self.send_once(context, resource)
-        try:
-            # Under the partition's lock: a submit reading these files never sees them half rewritten.
-            with partition_lock(folder.lock_path):
-                manifest = build_request_files(
-                    source,
-                    self.spec,
-                    out_dir,
-                    profile=resource.profile,
-                    policy=self.options.policy,
-                    attempt=1,
-                    max_requests_per_shard=self.options.max_requests_per_shard,
-                    send_once=send_once,
-                )
-        except RequestValidationError as exc:
-            raise dg.Failure(
-                description=str(exc),
-                metadata={"problems": dg.MetadataValue.json(exc.counts), "rows": exc.total_rows},
-                allow_retries=False,
-            ) from None
+        current = load_round(context.instance, self.batch_key, self.results_key, partition) if self.options.cancel_superseded else None
+        # The id maps the round's batches were sent with: the rebuild overwrites the first attempt's.
+        sent_with = self.sent_id_maps(folder, current) if current is not None and send_once is not None else {}
+        manifest = self.write_requests(source, resource, folder, send_once)
         fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
+        cancelled: list[str] = []
+        kept = 0
+        superseded = superseded_batches(current.batches, set(fingerprints)) if current is not None else []
+        if superseded:
+            with resource.get_provider() as provider:
+                cancelled = cancel_superseded(provider, superseded, context.log)
+                if sent_with:
+                    kept = self.keep_superseded_answers(context, resource, provider, folder, superseded, cancelled, sent_with)
+            if kept:
+                # What the cancelled batches finished is in the reuse store now: those rows are not sent again.
+                manifest = self.write_requests(source, resource, folder, self.send_once(context, resource))
+                fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
         metadata: dict[str, Any] = {
             "rows": manifest.rows,
             "requests": manifest.requests,
@@ -174,21 +174,83 @@ class PipelineRuntime:
         if manifest.rejected:
             metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
         metadata.update(self.estimate_metadata(resource, manifest))
-        if self.options.cancel_superseded:
-            superseded = self.cancel_superseded(context, resource, partition, set(fingerprints))
-            if superseded:
-                metadata["superseded_batches"] = dg.MetadataValue.json(superseded)
+        if cancelled:
+            metadata["superseded_batches"] = dg.MetadataValue.json(cancelled)
+        if kept:
+            metadata["answers_kept_from_superseded"] = kept
         return dg.MaterializeResult(metadata=metadata)
 
-    def cancel_superseded(
-        self, context: dg.AssetExecutionContext, resource: BatchProviderResource, partition: str | None, rebuilt: set[str]
-    ) -> list[str]:
-        """Cancel the partition's in-flight batches that the request files just written supersede."""
-        current = load_round(context.instance, self.batch_key, self.results_key, partition)
-        if current is None:
-            return []
-        with resource.get_provider() as provider:
-            return cancel_superseded(provider, current.batches, rebuilt, context.log)
+    def write_requests(
+        self, source: pd.DataFrame, resource: BatchProviderResource, folder: PartitionFolder, send_once: SendOnce | None
+    ) -> RequestManifest:
+        """The first attempt's request files, written under the partition's lock (a submit never sees them half rewritten)."""
+        try:
+            with partition_lock(folder.lock_path):
+                return build_request_files(
+                    source,
+                    self.spec,
+                    folder.attempt(1),
+                    profile=resource.profile,
+                    policy=self.options.policy,
+                    attempt=1,
+                    max_requests_per_shard=self.options.max_requests_per_shard,
+                    send_once=send_once,
+                )
+        except RequestValidationError as exc:
+            raise dg.Failure(
+                description=str(exc),
+                metadata={"problems": dg.MetadataValue.json(exc.counts), "rows": exc.total_rows},
+                allow_retries=False,
+            ) from None
+
+    def sent_id_maps(self, folder: PartitionFolder, current: Round) -> dict[int, RequestManifest]:
+        """Each attempt's manifest of the round, its id map read (kept in memory past a rebuild)."""
+        manifests = {}
+        for attempt in sorted({b.attempt for b in current.batches}):
+            try:
+                manifest = self.manifest(folder, attempt)
+                manifest.read_ids()
+            except (OSError, ValueError):
+                continue  # files gone (cleaned up, another machine's disk): their answers cannot be keyed
+            manifests[attempt] = manifest
+        return manifests
+
+    def keep_superseded_answers(
+        self,
+        context: dg.AssetExecutionContext,
+        resource: BatchProviderResource,
+        provider: BatchProvider,
+        folder: PartitionFolder,
+        superseded: Sequence[SubmittedBatch],
+        cancelled: Sequence[str],
+        sent_with: dict[int, RequestManifest],
+    ) -> int:
+        """Put what the just-cancelled batches finished into the reuse store; how many answers.
+
+        Waits (``superseded_wait_seconds`` at most) for the cancels to land: a batch still
+        cancelling then keeps its answers, and its rows go again.
+        """
+        store = self.reuse_store(resource, context.instance)
+        wanted = [b for b in superseded if b.batch_id in set(cancelled) and b.attempt in sent_with]
+        if store is None or not wanted or not self.options.superseded_wait_seconds:
+            return 0
+        ended = wait_ended(
+            context.log, provider, [b.batch_id for b in wanted], max_workers=resource.max_concurrent_polls,
+            delay=resource.poll_delay, seconds=self.options.superseded_wait_seconds,
+        )  # fmt: skip
+        kept = 0
+        for record in wanted:
+            batch = ended.get(record.batch_id)
+            if batch is None:
+                context.log.warning(f"superseded batch {record.batch_id} did not end in {self.options.superseded_wait_seconds:.0f}s: its rows go again")
+                continue
+            files = provider.download_results(batch, folder.downloads)
+            answers = superseded_answers(sent_with[record.attempt], record.shard, files, output_model=self.spec.output_model)
+            store.record(answers)
+            kept += len(answers)
+        if kept:
+            context.log.info(f"kept {kept} answers the superseded batches {list(cancelled)} had finished: those requests are not sent again")
+        return kept
 
     # ---- <name>_batch ---------------------------------------------------------------------------
     def submit_batches(self, context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:

@@ -30,6 +30,7 @@ How the modules stack (each imports only those above it):
 - :mod:`.retry`, :mod:`.merge`: the next attempt and the final outcome across attempts;
 - :mod:`.staleness`: answers kept only for the content that was sent;
 - :mod:`.reuse_store`, :mod:`.reuse`: answers already bought, and the rows held back given them;
+- :mod:`.superseded`: the answers a cancelled (superseded) batch bought, for the store;
 - :mod:`.attempt`: one attempt joined, checked against the current content, held-back rows filled.
 """
 
@@ -47,6 +48,7 @@ from batch_pipelines.results.structured_output import OUTPUT_PREFIX
 from batch_pipelines.results.staleness import STALE_CODE, mark_stale
 from batch_pipelines.results.prices import table_prices
 from batch_pipelines.results.reuse import REUSED_COLUMN, UNAVAILABLE_CODE, answer_columns, fill_held_back, fresh_answers
+from batch_pipelines.results.superseded import superseded_answers
 from batch_pipelines.results.reuse_store import DEFAULT_RETENTION_DAYS, KnownAnswers, ReuseStore
 from batch_pipelines.results.summary import Prices, ResultSummary, summarize
 
@@ -62,6 +64,7 @@ __all__ = [
     "answer_columns",
     "fill_held_back",
     "fresh_answers",
+    "superseded_answers",
     "table_prices",
     "STALE_CODE",
     "mark_stale",

@@ -14,7 +14,7 @@ partition's batches can reach, and gets back which batch runs each shard.
 """
 
 from batch_pipelines.submission.batch_records import RecordedBatches
-from batch_pipelines.submission.cancel import cancel_partition_batches, cancel_run_batches, cancel_superseded
+from batch_pipelines.submission.cancel import cancel_partition_batches, cancel_run_batches, cancel_superseded, superseded_batches
 from batch_pipelines.submission.layout import PartitionFolder, partition_dir, reuse_dir
 from batch_pipelines.submission.lock import partition_lock
 from batch_pipelines.submission.submitter import Submission, Submitter
@@ -51,6 +51,7 @@ __all__ = [
     "cancel_partition_batches",
     "cancel_run_batches",
     "cancel_superseded",
+    "superseded_batches",
     "partition_dir",
     "partition_lock",
     "partition_of_tag",

@@ -13,7 +13,7 @@ from batch_pipelines.submission.submitter import Log
 from batch_pipelines.submission.tags import PARTITION_TAG, PIPELINE_TAG, RUN_TAG, partition_tag
 from batch_pipelines.submission.types import SubmittedBatch
 
-__all__ = ["cancel_partition_batches", "cancel_run_batches", "cancel_superseded"]
+__all__ = ["cancel_partition_batches", "cancel_run_batches", "cancel_superseded", "superseded_batches"]
 
 
 def cancel_partition_batches(provider: BatchProvider, pipeline: str, partitions: Sequence[str | None]) -> list[Batch]:
@@ -55,20 +55,22 @@ def cancel_run_batches(
             log.info(f"run stopped: batch {batch_id} not cancelled: {exc}")
 
 
-def cancel_superseded(provider: BatchProvider, batches: Sequence[SubmittedBatch], rebuilt: set[str], log: Log) -> list[str]:
-    """Cancel the live batches of a round whose request files were rebuilt with other content.
+def superseded_batches(batches: Sequence[SubmittedBatch], rebuilt: set[str]) -> list[SubmittedBatch]:
+    """The batches of a round that request files just rebuilt supersede.
 
     ``batches`` are the round's, ``rebuilt`` the fingerprints of the shards just written. When the
-    round's first attempt holds exactly those shards, nothing changed and nothing is cancelled (a
-    rebuild of the same rows re-attaches). Otherwise every live batch of the round whose shard is
-    not among the new ones runs requests nobody will read: it is cancelled, and the ids returned.
+    round's first attempt holds exactly those shards, nothing changed: none (a rebuild of the same
+    rows re-attaches). Otherwise every batch of the round whose shard is not among the new ones.
     """
     if {b.fingerprint for b in batches if b.attempt == 1} == rebuilt:
         return []
+    return [b for b in batches if b.fingerprint not in rebuilt]
+
+
+def cancel_superseded(provider: BatchProvider, batches: Sequence[SubmittedBatch], log: Log) -> list[str]:
+    """Cancel the live ones of ``batches`` (superseded: they run requests nobody will read); the ids cancelled."""
     cancelled = []
     for record in batches:
-        if record.fingerprint in rebuilt:
-            continue
         batch = provider.retrieve_batch(record.batch_id)
         if batch.is_terminal or batch.status == BatchStatus.CANCELLING:
             continue

@@ -22,7 +22,7 @@ def test_the_component_has_every_option_with_its_default():
 
 def test_the_component_passes_every_option_on():
     changed = dict(
-        policy="quarantine", max_attempts=4, retry_invalid_output=True, on_stale="report", cancel_superseded=False, reuse=False, reuse_retention_days=2.5,
+        policy="quarantine", max_attempts=4, retry_invalid_output=True, on_stale="report", cancel_superseded=False, superseded_wait_seconds=9.0, reuse=False, reuse_retention_days=2.5,
         failure_rate_threshold=0.5, blocking=True,
         cancel_on_termination=False, resource_key="other", io_manager_key="parquet", group_name="g", key_prefix=["team"],
         batch_tags={"team": "ml"}, max_cost_per_partition_usd=1.5, max_cost_per_run_usd=4.0, max_requests_per_shard=7, sensor_minimum_interval_seconds=5,

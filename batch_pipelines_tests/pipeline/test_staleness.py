@@ -7,9 +7,11 @@ from typing import Any
 
 import pandas as pd
 
+from batch_pipelines.local_service import FAULTS_METADATA_KEY, FaultPlan
 from batch_pipelines.pipeline import FAILURE_RATE_CHECK, ROWS_CHECK
 from batch_pipelines_tests.support.request_files import read_jsonl
-from batch_pipelines_tests.support.service import LocalService
+from batch_pipelines_tests.support.service import LocalService, service_batches
+from batch_pipelines_tests.support.waiting import wait_until
 
 DAY = "2024-01-01"
 CHANGED = (1, 4)  # rows whose text is corrected after their batch was submitted
@@ -96,4 +98,43 @@ def test_a_changed_row_can_be_reported_stale_instead(harness, service):
     checks = {e.check_name: e for e in h.executed[-1].get_asset_check_evaluations()}
     assert checks[ROWS_CHECK].passed and checks[ROWS_CHECK].metadata["stale_rows"].value == len(CHANGED)
     assert not checks[FAILURE_RATE_CHECK].passed
+    _answers_belong_to_the_text(frame, service)
+
+
+ROWS = 40
+
+
+def test_what_a_superseded_batch_finished_is_kept_and_only_the_rest_is_sent_again(harness, service):
+    """Rows corrected while their batch runs: the rebuild cancels it, keeps the answers it had
+    bought for rows that did not change, and sends only the others."""
+    state = {"changed": False}
+    # A row a second: the rebuild comes long before the batch could end, however loaded the machine.
+    slow = FaultPlan(row_delay=1.0).to_json()
+    slow_first = lambda partition, attempt: {} if state["changed"] else {FAULTS_METADATA_KEY: slow}  # noqa: E731
+    h = harness(rows=ROWS, edit=_corrections(state), batch_tags=slow_first)
+    h.submit([DAY])
+    [old] = service_batches(service)
+    wait_until(lambda: service.engine.get_batch(old["id"])["request_counts"]["completed"] >= 2)
+    state["changed"] = True
+
+    h.materialize([h.texts, h.pipeline.requests_asset], DAY)  # corrected rows 1 and 4: new request files
+
+    cancelled = service.engine.get_batch(old["id"])
+    assert cancelled["status"] == "cancelled"
+    finished = {line["custom_id"] for line in read_jsonl(service.engine.file_content_path(cancelled["output_file_id"]))}
+    meta = h.latest_metadata(h.pipeline.requests_asset, DAY)
+    assert meta["superseded_batches"] == [old["id"]]
+    kept = finished - {f"{DAY}-{i:03d}" for i in CHANGED}
+    assert meta["answers_kept_from_superseded"] == len(finished) and meta["rows_reused"] == len(kept)
+
+    h.materialize([h.pipeline.batch_asset], DAY)
+    h.drive([DAY])
+
+    [new] = [b for b in service_batches(service) if b["id"] != old["id"]]
+    sent = {line["custom_id"] for line in read_jsonl(service.engine.file_content_path(new["input_file_id"]))}
+    assert sent == {f"{DAY}-{i:03d}" for i in range(ROWS)} - kept  # the rest, and the corrected rows
+    frame = h.results(DAY)
+    assert set(frame["outcome"]) == {"succeeded"} and len(frame) == ROWS
+    assert set(frame.loc[frame["reused"], "custom_id"]) == kept
+    assert set(frame.loc[frame["reused"], "batch_id"]) == {old["id"]}  # the batch that bought them
     _answers_belong_to_the_text(frame, service)
