@@ -35,6 +35,7 @@ from batch_pipelines.pipeline.progress import BatchState, console_metadata, fini
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.providers import Batch, BatchProvider
 from batch_pipelines.requests import (
+    FINGERPRINT_COLUMN,
     MANIFEST_NAME,
     RequestEstimate,
     RequestManifest,
@@ -146,14 +147,14 @@ class PipelineRuntime:
         manifest = self.write_requests(source, resource, folder, send_once)
         fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
         cancelled: list[str] = []
-        kept = 0
+        kept: set[str] = set()
         superseded = superseded_batches(current.batches, set(fingerprints)) if current is not None else []
         if superseded:
             with resource.get_provider() as provider:
                 cancelled = cancel_superseded(provider, superseded, context.log)
                 if sent_with:
                     kept = self.keep_superseded_answers(context, resource, provider, folder, superseded, cancelled, sent_with)
-            if kept:
+            if kept & set(manifest.read_ids()[FINGERPRINT_COLUMN].dropna()):
                 # What the cancelled batches finished is in the reuse store now: those rows are not sent again.
                 manifest = self.write_requests(source, resource, folder, self.send_once(context, resource))
                 fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
@@ -177,7 +178,7 @@ class PipelineRuntime:
         if cancelled:
             metadata["superseded_batches"] = dg.MetadataValue.json(cancelled)
         if kept:
-            metadata["answers_kept_from_superseded"] = kept
+            metadata["answers_kept_from_superseded"] = len(kept)
         return dg.MaterializeResult(metadata=metadata)
 
     def write_requests(
@@ -224,8 +225,8 @@ class PipelineRuntime:
         superseded: Sequence[SubmittedBatch],
         cancelled: Sequence[str],
         sent_with: dict[int, RequestManifest],
-    ) -> int:
-        """Put what the just-cancelled batches finished into the reuse store; how many answers.
+    ) -> set[str]:
+        """Put what the just-cancelled batches finished into the reuse store; the fingerprints they answered.
 
         Waits (``superseded_wait_seconds`` at most) for the cancels to land: a batch still
         cancelling then keeps its answers, and its rows go again.
@@ -233,12 +234,12 @@ class PipelineRuntime:
         store = self.reuse_store(resource, context.instance)
         wanted = [b for b in superseded if b.batch_id in set(cancelled) and b.attempt in sent_with]
         if store is None or not wanted or not self.options.superseded_wait_seconds:
-            return 0
+            return set()
         ended = wait_ended(
             context.log, provider, [b.batch_id for b in wanted], max_workers=resource.max_concurrent_polls,
             delay=resource.poll_delay, seconds=self.options.superseded_wait_seconds,
         )  # fmt: skip
-        kept = 0
+        kept: set[str] = set()
         for record in wanted:
             batch = ended.get(record.batch_id)
             if batch is None:
@@ -247,9 +248,9 @@ class PipelineRuntime:
             files = provider.download_results(batch, folder.downloads)
             answers = superseded_answers(sent_with[record.attempt], record.shard, files, output_model=self.spec.output_model)
             store.record(answers)
-            kept += len(answers)
+            kept.update(answers[FINGERPRINT_COLUMN])
         if kept:
-            context.log.info(f"kept {kept} answers the superseded batches {list(cancelled)} had finished: those requests are not sent again")
+            context.log.info(f"kept {len(kept)} answers the superseded batches {list(cancelled)} had finished: those requests are not sent again")
         return kept
 
     # ---- <name>_batch ---------------------------------------------------------------------------
