@@ -21,12 +21,14 @@ __all__ = [
     "ALL_ENDPOINTS",
     "CUSTOM",
     "CUSTOM_ID_PATTERN",
+    "MEDIA_ENDPOINTS",
     "MESSAGES",
     "METADATA_MAX_KEY_CHARS",
     "METADATA_MAX_PAIRS",
     "METADATA_MAX_VALUE_CHARS",
     "PROFILES",
     "ProviderProfile",
+    "TEXT_ENDPOINTS",
     "custom_profile",
     "endpoint_problem",
     "get_profile",
@@ -51,7 +53,16 @@ RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
 COMPLETIONS = "/v1/completions"
 MODERATIONS = "/v1/moderations"
-ALL_ENDPOINTS: tuple[str, ...] = (RESPONSES, CHAT_COMPLETIONS, EMBEDDINGS, COMPLETIONS, MODERATIONS)
+IMAGES_GENERATIONS = "/v1/images/generations"
+IMAGES_EDITS = "/v1/images/edits"
+VIDEOS = "/v1/videos"
+#: Endpoints answered with text, vectors or labels: those a pipeline's results read into columns.
+TEXT_ENDPOINTS: tuple[str, ...] = (RESPONSES, CHAT_COMPLETIONS, EMBEDDINGS, COMPLETIONS, MODERATIONS)
+#: Endpoints answered with images or video jobs: batchable at OpenAI (as its SDK's
+#: ``batches.create`` lists them), sent and answered, but not read into a pipeline's columns.
+MEDIA_ENDPOINTS: tuple[str, ...] = (IMAGES_GENERATIONS, IMAGES_EDITS, VIDEOS)
+#: Every endpoint of OpenAI's Batch API.
+ALL_ENDPOINTS: tuple[str, ...] = (*TEXT_ENDPOINTS, *MEDIA_ENDPOINTS)
 #: Anthropic's Messages API: the one endpoint of its Message Batches (not an OpenAI endpoint).
 MESSAGES = "/v1/messages"
 

@@ -172,3 +172,18 @@ def test_upload_purposes_are_the_posed_providers(local_service, tmp_path):
         assert client.files.create(file=tmp_path / "notes.jsonl", purpose=purpose).purpose == purpose  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="purpose"):
         client.files.create(file=tmp_path / "notes.jsonl", purpose="image")  # type: ignore[arg-type]  # Moonshot's, not OpenAI's
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/images/generations", "/v1/images/edits", "/v1/videos"])
+def test_sdk_batches_the_image_and_video_endpoints(local_service, tmp_path, endpoint):
+    svc = local_service(profile="openai")
+    client = sdk(svc)
+    body = {"model": "sora-2" if endpoint == "/v1/videos" else "gpt-image-1", "prompt": "A lighthouse at dusk"}
+    path = write_lines(tmp_path / "media.jsonl", [{"custom_id": "m-0", "method": "POST", "url": endpoint, "body": body}])
+    uploaded = client.files.create(file=path, purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h")
+    assert batch.endpoint == endpoint
+    done = wait_until(lambda: (b := client.batches.retrieve(batch.id)).status in ("completed", "failed") and b)
+    assert done.status == "completed" and done.request_counts.completed == 1, done.errors
+    line = json.loads(client.files.content(done.output_file_id).text)
+    assert line["custom_id"] == "m-0" and line["response"]["status_code"] == 200
