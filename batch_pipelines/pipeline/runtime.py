@@ -109,6 +109,7 @@ class PipelineRuntime:
             run_id=context.run.run_id,
             since=self.since(context.instance, partition),
             user_tags=lambda attempt: self.options.user_tags(partition, attempt),
+            output_expires_after_seconds=resource.output_expires_after_seconds,
             log=context.log,
         )
 
@@ -214,6 +215,13 @@ class PipelineRuntime:
             "provider": resource.provider,
             "completion_window": resource.window,
         }
+        if resource.output_expires_after_seconds is not None:
+            metadata["output_expires_after_seconds"] = resource.output_expires_after_seconds
+        # The model and usage the provider reports (usage once a batch has ended: blocking mode).
+        if models := {b.id: b.model for b in batches if b.model}:
+            metadata["models"] = dg.MetadataValue.json(models)
+        if usage := {b.id: b.usage.model_dump() for b in batches if b.usage is not None}:
+            metadata["batch_usage"] = dg.MetadataValue.json(usage)
         if cost is not None and any(not s.reattached for s in submitted):
             # What this run paid for: a per-run budget adds it up (a re-attached batch was paid before).
             new = sum(manifest.shards[s.record.shard].rows for s in submitted if not s.reattached)
