@@ -61,6 +61,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python benchmarks/bench_service_upload.py
 	$(BIN)/python benchmarks/bench_requests.py
 	$(BIN)/python benchmarks/bench_results.py
 	$(BIN)/python benchmarks/bench_sensor.py

@@ -21,14 +21,21 @@ __all__ = [
     "ALL_ENDPOINTS",
     "CUSTOM",
     "CUSTOM_ID_PATTERN",
+    "MEDIA_ENDPOINTS",
     "MESSAGES",
     "METADATA_MAX_KEY_CHARS",
     "METADATA_MAX_PAIRS",
     "METADATA_MAX_VALUE_CHARS",
     "PROFILES",
     "ProviderProfile",
+    "TEXT_ENDPOINTS",
+    "EXPIRES_AFTER_ANCHOR",
+    "EXPIRES_AFTER_MAX_SECONDS",
+    "EXPIRES_AFTER_MIN_SECONDS",
     "custom_profile",
     "endpoint_problem",
+    "expires_after",
+    "expires_after_problem",
     "get_profile",
     "resolve_profile",
     "metadata_problem",
@@ -51,13 +58,29 @@ RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
 COMPLETIONS = "/v1/completions"
 MODERATIONS = "/v1/moderations"
-ALL_ENDPOINTS: tuple[str, ...] = (RESPONSES, CHAT_COMPLETIONS, EMBEDDINGS, COMPLETIONS, MODERATIONS)
+IMAGES_GENERATIONS = "/v1/images/generations"
+IMAGES_EDITS = "/v1/images/edits"
+VIDEOS = "/v1/videos"
+#: Endpoints answered with text, vectors or labels: those a pipeline's results read into columns.
+TEXT_ENDPOINTS: tuple[str, ...] = (RESPONSES, CHAT_COMPLETIONS, EMBEDDINGS, COMPLETIONS, MODERATIONS)
+#: Endpoints answered with images or video jobs: batchable at OpenAI (as its SDK's
+#: ``batches.create`` lists them), sent and answered, but not read into a pipeline's columns.
+MEDIA_ENDPOINTS: tuple[str, ...] = (IMAGES_GENERATIONS, IMAGES_EDITS, VIDEOS)
+#: Every endpoint of OpenAI's Batch API.
+ALL_ENDPOINTS: tuple[str, ...] = (*TEXT_ENDPOINTS, *MEDIA_ENDPOINTS)
 #: Anthropic's Messages API: the one endpoint of its Message Batches (not an OpenAI endpoint).
 MESSAGES = "/v1/messages"
 
 _MB = 1024 * 1024
 _HOUR = 3600
 _DAY = 24 * _HOUR
+
+#: OpenAI's expiry policy of a file, ``{"anchor": "created_at", "seconds": N}``: an upload's
+#: ``expires_after`` (Files API) and a batch's ``output_expires_after`` (its output and error
+#: files), N seconds after the file was created, from an hour to 30 days.
+EXPIRES_AFTER_ANCHOR = "created_at"
+EXPIRES_AFTER_MIN_SECONDS = _HOUR
+EXPIRES_AFTER_MAX_SECONDS = 30 * _DAY
 
 # kimi-k2.5 and k2.6 fix these sampling parameters; a body that sets them is rejected.
 _KIMI_FIXED_PARAMS = frozenset({"temperature", "top_p", "n", "presence_penalty", "frequency_penalty"})
@@ -110,6 +133,8 @@ class ProviderProfile:
     protocol: str = "openai"
     #: The rule every custom_id of a batch must match (and be unique in the batch).
     custom_id_pattern: str = CUSTOM_ID_PATTERN.pattern
+    #: Whether uploads take ``expires_after`` and batches ``output_expires_after`` (OpenAI's).
+    supports_file_expiry: bool = False
 
     def window_allowed(self, window: str) -> bool:
         """Whether ``completion_window`` is one this provider accepts."""
@@ -138,6 +163,7 @@ _OPENAI_STYLE = dict(
     max_window_seconds=_DAY,
     default_window="24h",
     max_embedding_inputs=50_000,
+    supports_file_expiry=True,
 )
 
 PROFILES: dict[str, ProviderProfile] = {
@@ -258,6 +284,34 @@ def window_problem(profile: ProviderProfile, window: Any) -> str | None:
     else:
         allowed = f"{profile.min_window_seconds // _HOUR}h to {profile.max_window_seconds // _HOUR}h"
     return f"{profile.name} does not accept completion_window {window!r} (allowed: {allowed})"
+
+
+def expires_after(seconds: int) -> dict[str, Any]:
+    """The expiry policy ``seconds`` after a file's creation, as the APIs take it."""
+    return {"anchor": EXPIRES_AFTER_ANCHOR, "seconds": seconds}
+
+
+def expires_after_problem(profile: ProviderProfile, policy: Any, param: str) -> str | None:
+    """Why ``profile`` refuses the expiry policy ``policy`` given as ``param`` (``expires_after``,
+    ``output_expires_after``), or None; None is no policy."""
+    if policy is None:
+        return None
+    if not profile.supports_file_expiry:
+        return f"{profile.name} does not take {param}"
+    if not isinstance(policy, Mapping):
+        return f"{param} must be an object {{'anchor': '{EXPIRES_AFTER_ANCHOR}', 'seconds': N}}, not {policy!r}"
+    anchor, seconds = policy.get("anchor"), policy.get("seconds")
+    if anchor != EXPIRES_AFTER_ANCHOR:
+        return f"{param}.anchor must be '{EXPIRES_AFTER_ANCHOR}', not {anchor!r}"
+    if type(seconds) is not int or not EXPIRES_AFTER_MIN_SECONDS <= seconds <= EXPIRES_AFTER_MAX_SECONDS:
+        return (
+            f"{param}.seconds must be an integer from {EXPIRES_AFTER_MIN_SECONDS} (1 hour) to "
+            f"{EXPIRES_AFTER_MAX_SECONDS} (30 days), not {seconds!r}"
+        )
+    unknown = sorted(set(policy) - {"anchor", "seconds"})
+    if unknown:
+        return f"{param} takes anchor and seconds only, not {', '.join(map(repr, unknown))}"
+    return None
 
 
 def metadata_problem(metadata: Any) -> str | None:

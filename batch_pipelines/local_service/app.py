@@ -2,7 +2,7 @@
 
 :func:`create_app` serves a :class:`~batch_pipelines.local_service.engine.BatchEngine`:
 
-    POST /v1/files (multipart: file, purpose)    GET /v1/files    GET|DELETE /v1/files/{id}
+    POST /v1/files (multipart: file, purpose, expires_after)   GET /v1/files   GET|DELETE /v1/files/{id}
     GET /v1/files/{id}/content                   POST /v1/batches GET /v1/batches (after, limit)
     GET /v1/batches/{id}                         POST /v1/batches/{id}/cancel
     GET|PUT /v1/_local/faults                    the service-wide fault plan (local extension)
@@ -75,7 +75,7 @@ def create_app(engine: BatchEngine, *, api_key: str | None, faults: FaultPlan | 
         try:
             if not fields.get("purpose"):
                 return error_response(ServiceError(400, "Missing the 'purpose' field.", param="purpose"))
-            return await call(engine.create_file, filename, fields["purpose"], path, move=True)
+            return await call(engine.create_file, filename, fields["purpose"], path, move=True, expires_after=_expires_after(fields))
         finally:
             path.unlink(missing_ok=True)  # moved into files/ on success; a leftover otherwise
 
@@ -110,7 +110,12 @@ def create_app(engine: BatchEngine, *, api_key: str | None, faults: FaultPlan | 
                 message = f"Missing required parameter: '{key}'."
                 return error_response(ServiceError(400, message, code="missing_required_parameter", param=key))
         return await call(
-            engine.create_batch, body["input_file_id"], body["endpoint"], body["completion_window"], body.get("metadata")
+            engine.create_batch,
+            body["input_file_id"],
+            body["endpoint"],
+            body["completion_window"],
+            body.get("metadata"),
+            body.get("output_expires_after"),
         )
 
     async def list_batches(request: Request) -> Response:
@@ -201,6 +206,15 @@ def _starlette(routes: list[Route], respond: Callable[[ServiceError], Response] 
     # echoes the client's decoded path (``/batches/%2e%2e%2f`` -> ``Location: /batches/..``).
     app.router.redirect_slashes = False
     return app
+
+
+def _expires_after(fields: dict[str, str]) -> dict[str, Any] | None:
+    """The form's expiry policy: the SDK sends ``expires_after[anchor]`` and ``expires_after[seconds]``."""
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    # A form's values are text: seconds as digits is the integer (anything else stays, to be refused).
+    return {"anchor": anchor, "seconds": int(seconds) if seconds is not None and seconds.isdigit() else seconds}
 
 
 def _int_param(query: Any, name: str, default: int) -> int:

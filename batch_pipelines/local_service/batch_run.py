@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from batch_pipelines.local_service.batch_usage import UsageSum
 from batch_pipelines.local_service.faults import FaultPlan, RowFaults, injected_row_error, injected_validation_error
 from batch_pipelines.local_service.output_lines import OutputLines
 from batch_pipelines.local_service.pacing import Pace
@@ -109,14 +110,14 @@ class BatchRun:
         with self._store.write() as db:
             if errors is not None:
                 db.execute(
-                    "UPDATE batches SET status = 'failed', failed_at = ?, errors = ? WHERE id = ? AND status = 'validating'",
-                    (int(now), orjson.dumps(errors).decode(), self._id),
+                    "UPDATE batches SET status = 'failed', failed_at = ?, errors = ?, model = ? WHERE id = ? AND status = 'validating'",
+                    (int(now), orjson.dumps(errors).decode(), result.model, self._id),
                 )
             else:
                 db.execute(
                     "UPDATE batches SET status = 'in_progress', in_progress_at = ?, started = ?, total = ?,"
-                    " work_output_id = ?, work_error_id = ? WHERE id = ? AND status = 'validating'",
-                    (int(now), now, result.total, new_file_id(), new_file_id(), self._id),
+                    " work_output_id = ?, work_error_id = ?, model = ? WHERE id = ? AND status = 'validating'",
+                    (int(now), now, result.total, new_file_id(), new_file_id(), result.model, self._id),
                 )
         return now
 
@@ -199,6 +200,7 @@ class BatchRun:
         numbers: list[int] = []
         custom_ids: list[str] = []
         bodies: list[Any] = []
+        usage = UsageSum()
         completed = failed = 0
         n = row["completed"] + row["failed"]  # rows before this chunk; the next row is number n + 1
         for raw in itertools.islice(source, limit):
@@ -224,11 +226,11 @@ class BatchRun:
             custom_ids.append(custom_id)
             bodies.append(request["body"])
             if len(bodies) == _RESPOND_BATCH:
-                done, bad = self._respond(numbers, custom_ids, bodies, outputs, errors, faults)
+                done, bad = self._respond(numbers, custom_ids, bodies, outputs, errors, faults, usage)
                 completed, failed = completed + done, failed + bad
                 numbers, custom_ids, bodies = [], [], []
         if bodies:
-            done, bad = self._respond(numbers, custom_ids, bodies, outputs, errors, faults)
+            done, bad = self._respond(numbers, custom_ids, bodies, outputs, errors, faults, usage)
             completed, failed = completed + done, failed + bad
         outputs.reverse()
         errors.reverse()
@@ -242,8 +244,13 @@ class BatchRun:
             db.execute(
                 "UPDATE batches SET input_offset = ?, output_bytes = ?, error_bytes = ?,"
                 " output_lines = output_lines + ?, error_lines = error_lines + ?,"
-                " completed = completed + ?, failed = failed + ? WHERE id = ?",
-                (source.tell(), out_file.tell(), err_file.tell(), len(outputs), len(errors), completed, failed, self._id),
+                " completed = completed + ?, failed = failed + ?, input_tokens = input_tokens + ?,"
+                " cached_tokens = cached_tokens + ?, output_tokens = output_tokens + ?,"
+                " reasoning_tokens = reasoning_tokens + ? WHERE id = ?",
+                (
+                    source.tell(), out_file.tell(), err_file.tell(), len(outputs), len(errors), completed, failed,
+                    usage.input, usage.cached, usage.output, usage.reasoning, self._id,
+                ),
             )
         return completed + failed
 
@@ -255,8 +262,10 @@ class BatchRun:
         outputs: list[bytes],
         errors: list[bytes],
         faults: RowFaults | None,
+        usage: UsageSum,
     ) -> tuple[int, int]:
-        """Answer a few requests and encode their lines; (completed, failed) among them."""
+        """Answer a few requests and encode their lines, adding the answered ones' tokens to
+        ``usage``; (completed, failed) among them."""
         if self._responder is None:
             self._responder = responder_from_spec(self._responder_spec)
         replies = self._responder.respond(self._endpoint, bodies)
@@ -265,6 +274,7 @@ class BatchRun:
         for n, custom_id, (status, body) in zip(numbers, custom_ids, replies, strict=True):
             if 200 <= status < 300:
                 completed += 1
+                usage.add(body)
                 line = answered(n, custom_id, status, body)
                 if faults is None:
                     outputs.append(line)
@@ -303,10 +313,13 @@ class BatchRun:
             current = db.execute("SELECT status FROM batches WHERE id = ?", (self._id,)).fetchone()["status"]
             if current != expect:
                 return  # a cancel arrived: the next step finishes the other way
+            lifetime = row["output_expires_after"]  # the create's output_expires_after, in real seconds
+            expires_at = now + lifetime if lifetime is not None else None
             for file_id, name, size in published:
                 db.execute(
-                    "INSERT OR IGNORE INTO files (id, filename, purpose, bytes, created_at) VALUES (?, ?, 'batch_output', ?, ?)",
-                    (file_id, name, size, now),
+                    "INSERT OR IGNORE INTO files (id, filename, purpose, bytes, created_at, expires_at)"
+                    " VALUES (?, ?, 'batch_output', ?, ?, ?)",
+                    (file_id, name, size, now, expires_at),
                 )
             db.execute(
                 f"UPDATE batches SET status = ?, {status}_at = ?, output_file_id = ?, error_file_id = ? WHERE id = ?",

@@ -19,9 +19,15 @@ shared by every engine on the data directory, ``worker="none"`` leaves processin
 process's worker (``supervision.py``).
 
 Speeds (``pacing.py``): ``instant`` runs as fast as the machine allows; ``realistic`` paces a
-batch like a real provider would, visibly. ``time_scale`` speeds up the completion window only:
-with ``time_scale=8640`` a ``24h`` window lasts 10 real seconds, and ``expires_at`` is
-``created_at + window / time_scale``.
+batch like a real provider would, visibly. ``time_scale`` speeds up the completion window and
+file expiry only: with ``time_scale=8640`` a ``24h`` window lasts 10 real seconds, and
+``expires_at`` is ``created_at + window / time_scale``.
+
+File expiry (posing as a profile with ``supports_file_expiry``): an upload's ``expires_after``
+and a batch's ``output_expires_after`` (for its output and error files) are ``{"anchor":
+"created_at", "seconds": 3600..2592000}``; the file's ``expires_at`` is ``created_at + seconds /
+time_scale``, and from then on it is gone as if deleted: 404 on retrieve and content, out of the
+list, its bytes removed (at the next upload or listing) unless a running batch still reads it.
 
 Request counts: ``completed`` counts rows answered 2xx, ``failed`` every other row (HTTP errors,
 expired, cancelled), so ``completed + failed == total`` once a batch is terminal, and the two files hold one line
@@ -49,6 +55,7 @@ from batch_pipelines.local_service.supervision import WORKER_MODES, WorkerMode, 
 from batch_pipelines.profiles import (
     ProviderProfile,
     endpoint_problem,
+    expires_after_problem,
     get_profile,
     metadata_problem,
     parse_window,
@@ -59,6 +66,8 @@ from batch_pipelines.profiles import (
 __all__ = ["BatchEngine", "ServiceError", "Speed", "WorkerMode"]
 
 _COPY_CHUNK = 1024 * 1024
+#: The SQL condition "the file has not expired" at the moment bound as its one parameter.
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 
 class BatchEngine:
@@ -112,11 +121,23 @@ class BatchEngine:
         self.close()
 
     # ---- files ---------------------------------------------------------------------------
-    def create_file(self, filename: str, purpose: str, source: Path | BinaryIO, *, move: bool = False) -> dict[str, Any]:
-        """Store an upload. ``move=True`` renames ``source`` (a path in ``store.tmp_dir``) instead of copying."""
+    def create_file(
+        self,
+        filename: str,
+        purpose: str,
+        source: Path | BinaryIO,
+        *,
+        move: bool = False,
+        expires_after: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Store an upload. ``move=True`` renames ``source`` (a path in ``store.tmp_dir``) instead of copying;
+        ``expires_after`` is the Files API's expiry policy."""
         if purpose not in self.profile.upload_purposes:
             expected = ", ".join(self.profile.upload_purposes)
             raise ServiceError(400, f"Invalid purpose {purpose!r}; expected one of {expected}.", param="purpose")
+        problem = expires_after_problem(self.profile, expires_after, "expires_after")
+        if problem is not None:
+            raise ServiceError(400, f"{problem}.", param="expires_after")
         display_name = _display_name(filename)
         limit = self.profile.max_file_bytes
         tmp = self.store.tmp_path()
@@ -138,22 +159,28 @@ class BatchEngine:
         finally:
             tmp.unlink(missing_ok=True)
         created = int(time.time())
+        expires_at = created + self.expiry_seconds(expires_after["seconds"]) if expires_after is not None else None
+        self._sweep_expired()
         quota = self.profile.file_quota if purpose == "batch" else None
         try:
             with self.store.write() as db:
                 if quota is not None:
-                    held = db.execute("SELECT COUNT(*) FROM files WHERE purpose = 'batch'").fetchone()[0]
+                    held = db.execute(f"SELECT COUNT(*) FROM files WHERE purpose = 'batch' AND {_LIVE}", (created,)).fetchone()[0]
                     if held >= quota:
                         message = f"{self.profile.name} allows {quota} batch files at once; delete some before uploading."
                         raise ServiceError(400, message, code="file_quota_exceeded", param="purpose")
                 db.execute(
-                    "INSERT INTO files (id, filename, purpose, bytes, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (file_id, display_name, purpose, size, created),
+                    "INSERT INTO files (id, filename, purpose, bytes, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (file_id, display_name, purpose, size, created, expires_at),
                 )
         except ServiceError:
             self.store.file_path(file_id).unlink(missing_ok=True)
             raise
-        return file_json(file_id, display_name, purpose, size, created)
+        return file_json(file_id, display_name, purpose, size, created, expires_at)
+
+    def expiry_seconds(self, seconds: int) -> int:
+        """Real seconds an expiry policy of ``seconds`` lasts here (``time_scale`` speeds it up)."""
+        return math.ceil(seconds / self.time_scale)
 
     def list_files(
         self, *, purpose: str | None = None, after: str | None = None, limit: int = 10000, order: str = "desc"
@@ -163,14 +190,15 @@ class BatchEngine:
             raise ServiceError(400, "limit must be between 1 and 10000.", param="limit")
         if order not in ("asc", "desc"):
             raise ServiceError(400, f"Invalid value for 'order': expected 'asc' or 'desc', got {order!r}.", param="order")
-        clauses, params = [], []
+        self._sweep_expired()
+        clauses, params = [_LIVE], [int(time.time())]
         if purpose is not None:
             clauses.append("purpose = ?")
             params.append(purpose)
         if after is not None:
             clauses.append("seq < ?" if order == "desc" else "seq > ?")
             params.append(self._seq("files", after))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where = f"WHERE {' AND '.join(clauses)}"
         direction = "DESC" if order == "desc" else "ASC"
         rows = self.store.read(f"SELECT * FROM files {where} ORDER BY seq {direction} LIMIT ?", (*params, limit + 1))
         return page([file_row_json(r) for r in rows[:limit]], has_more=len(rows) > limit)
@@ -200,6 +228,7 @@ class BatchEngine:
         endpoint: str,
         completion_window: str,
         metadata: Mapping[str, str] | None = None,
+        output_expires_after: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         profile = self.profile
         problem = endpoint_problem(profile, endpoint)
@@ -213,6 +242,9 @@ class BatchEngine:
         problem = metadata_problem(metadata)
         if problem is not None:
             raise ServiceError(400, f"{problem}.", param="metadata")
+        problem = expires_after_problem(profile, output_expires_after, "output_expires_after")
+        if problem is not None:
+            raise ServiceError(400, f"{problem}.", param="output_expires_after")
         metadata = dict(metadata) if metadata is not None else None
         try:
             batch_plan = plan_from_metadata(metadata)
@@ -220,7 +252,7 @@ class BatchEngine:
             raise ServiceError(400, str(exc), param="metadata") from None
         file_row = None
         if isinstance(input_file_id, str) and FILE_ID_RE.match(input_file_id):
-            file_row = self.store.read_one("SELECT * FROM files WHERE id = ?", (input_file_id,))
+            file_row = self.store.read_one(f"SELECT * FROM files WHERE id = ? AND {_LIVE}", (input_file_id, int(time.time())))
         if file_row is None:
             raise ServiceError(400, f"Invalid input_file_id {input_file_id!r}: no such file.", param="input_file_id")
         if file_row["purpose"] != "batch":
@@ -243,7 +275,8 @@ class BatchEngine:
         with self.store.write() as db:
             db.execute(
                 "INSERT INTO batches (id, status, endpoint, input_file_id, completion_window, created_at, expires_at,"
-                " metadata, settings, deadline) VALUES (?, 'validating', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " metadata, settings, deadline, output_expires_after, input_tokens, cached_tokens, output_tokens,"
+                " reasoning_tokens) VALUES (?, 'validating', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0)",
                 (
                     batch_id,
                     endpoint,
@@ -254,6 +287,7 @@ class BatchEngine:
                     orjson.dumps(metadata).decode() if metadata is not None else None,
                     orjson.dumps(settings).decode(),
                     now + window,
+                    self.expiry_seconds(output_expires_after["seconds"]) if output_expires_after is not None else None,
                 ),
             )
         created = self.get_batch(batch_id)  # as created: an instant worker may finish it at once
@@ -311,7 +345,9 @@ class BatchEngine:
 
     # ---- helpers -------------------------------------------------------------------------
     def _file_row(self, file_id: str) -> Any:
-        row = self.store.read_one("SELECT * FROM files WHERE id = ?", (file_id,)) if FILE_ID_RE.match(file_id) else None
+        row = None
+        if FILE_ID_RE.match(file_id):
+            row = self.store.read_one(f"SELECT * FROM files WHERE id = ? AND {_LIVE}", (file_id, int(time.time())))
         if row is None:
             raise ServiceError(404, f"No such File object: {file_id}", param="id")
         return row
@@ -321,6 +357,22 @@ class BatchEngine:
         if row is None:
             raise ServiceError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
         return row
+
+    def _sweep_expired(self) -> None:
+        """Forget expired files and remove their bytes, but for the input of a batch still running."""
+        now = int(time.time())
+        # Read first: a listing takes the write lock only when something has expired.
+        if self.store.read_one("SELECT 1 FROM files WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT 1", (now,)) is None:
+            return
+        with self.store.write() as db:
+            rows = db.execute(
+                "SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?"
+                f" AND id NOT IN (SELECT input_file_id FROM batches WHERE {ACTIVE_WHERE})",
+                (now,),
+            ).fetchall()
+            db.executemany("DELETE FROM files WHERE id = ?", [(row["id"],) for row in rows])
+        for row in rows:
+            self.store.file_path(row["id"]).unlink(missing_ok=True)
 
     def _seq(self, table: str, object_id: str) -> int:
         row = self.store.read_one(f"SELECT seq FROM {table} WHERE id = ?", (object_id,))

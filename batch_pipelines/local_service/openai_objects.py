@@ -10,6 +10,9 @@ from typing import Any
 
 import orjson
 
+from batch_pipelines.local_service.batch_usage import usage_json
+from batch_pipelines.local_service.store import ACTIVE_STATUSES
+
 __all__ = ["batch_json", "file_json", "file_row_json", "page"]
 
 _TIMESTAMPS = (
@@ -25,7 +28,9 @@ _TIMESTAMPS = (
 )
 
 
-def file_json(file_id: str, filename: str, purpose: str, size: int, created_at: int) -> dict[str, Any]:
+def file_json(
+    file_id: str, filename: str, purpose: str, size: int, created_at: int, expires_at: int | None = None
+) -> dict[str, Any]:
     return {
         "id": file_id,
         "object": "file",
@@ -34,13 +39,13 @@ def file_json(file_id: str, filename: str, purpose: str, size: int, created_at: 
         "filename": filename,
         "purpose": purpose,
         "status": "processed",
-        "expires_at": None,
+        "expires_at": expires_at,
         "status_details": None,
     }
 
 
 def file_row_json(row: Any) -> dict[str, Any]:
-    return file_json(row["id"], row["filename"], row["purpose"], row["bytes"], row["created_at"])
+    return file_json(row["id"], row["filename"], row["purpose"], row["bytes"], row["created_at"], row["expires_at"])
 
 
 def batch_json(row: Any) -> dict[str, Any]:
@@ -60,6 +65,11 @@ def batch_json(row: Any) -> dict[str, Any]:
     batch.update({name: row[name] for name in _TIMESTAMPS})
     batch["request_counts"] = {"total": row["total"], "completed": row["completed"], "failed": row["failed"]}
     batch["metadata"] = orjson.loads(metadata) if metadata else None
+    batch["model"] = row["model"]
+    # Usage is the sum over the answered rows: shown once the batch has ended and the sum is final
+    # (never for a batch created before the sums were kept: NULL).
+    final = row["status"] not in ACTIVE_STATUSES and row["input_tokens"] is not None
+    batch["usage"] = usage_json(row) if final else None
     return batch
 
 

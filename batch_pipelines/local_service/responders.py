@@ -8,7 +8,8 @@ each. Its JSON ``spec`` is what a batch records of it, so any worker process reb
 The default responder answers every batch endpoint without a network, deterministically (same
 input, same content) and with well-formed bodies: ``chat.completion`` with usage counts,
 ``/v1/responses``, ``/v1/embeddings`` (fixed dimension, unit vectors derived from the input text),
-``/v1/completions``, ``/v1/moderations`` and Anthropic's ``/v1/messages``. A chat request with ``response_format: {"type":
+``/v1/completions``, ``/v1/moderations``, ``/v1/images/generations`` and ``/v1/images/edits`` (a tiny
+PNG per image asked), ``/v1/videos`` (a completed video job) and Anthropic's ``/v1/messages``. A chat request with ``response_format: {"type":
 "json_schema"}`` (or a responses request with ``text.format``) gets content that validates
 against its schema (``schema_instance.py``), its choices picked by the prompt; so does a
 Messages request that forces a tool (``tool_choice: {type: tool}``: a ``tool_use`` block whose
@@ -29,7 +30,17 @@ import orjson
 
 from batch_pipelines.local_service.errors import error_body
 from batch_pipelines.local_service.schema_instance import schema_instance
-from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, MODERATIONS, RESPONSES
+from batch_pipelines.profiles import (
+    CHAT_COMPLETIONS,
+    COMPLETIONS,
+    EMBEDDINGS,
+    IMAGES_EDITS,
+    IMAGES_GENERATIONS,
+    MESSAGES,
+    MODERATIONS,
+    RESPONSES,
+    VIDEOS,
+)
 
 __all__ = ["EMBEDDING_DIMENSIONS", "DefaultResponder", "Reply", "Responder"]
 
@@ -53,6 +64,8 @@ _MODERATION_CATEGORIES = (
     "violence",
     "violence/graphic",
 )
+# A 1x1 transparent PNG: every image the default responder makes (b64_json, as the Batch API answers).
+_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 
 
 class Responder(Protocol):
@@ -80,6 +93,9 @@ class DefaultResponder:
             EMBEDDINGS: self._embeddings,
             COMPLETIONS: self._completions,
             MODERATIONS: self._moderations,
+            IMAGES_GENERATIONS: self._images,
+            IMAGES_EDITS: self._images,
+            VIDEOS: self._videos,
             MESSAGES: self._messages,
         }
 
@@ -229,6 +245,40 @@ class DefaultResponder:
             )
         model = body.get("model", "omni-moderation-latest")
         return 200, {"id": f"modr-local{next(self._ids)}", "model": model, "results": results}
+
+    def _images(self, body: Mapping[str, Any], now: int) -> Reply:
+        prompt = str(body.get("prompt", ""))
+        count = body.get("n") if type(body.get("n")) is int and body.get("n") > 0 else 1
+        input_tokens, output_tokens = _tokens(prompt), 272 * count  # a low-quality square image's tokens
+        return 200, {
+            "created": now,
+            "data": [{"b64_json": _PNG_B64, "revised_prompt": prompt} for _ in range(count)],
+            "output_format": "png",
+            "size": body.get("size", "1024x1024"),
+            "usage": {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {"text_tokens": input_tokens, "image_tokens": 0},
+                "output_tokens": output_tokens,
+                "total_tokens": input_tokens + output_tokens,
+            },
+        }
+
+    def _videos(self, body: Mapping[str, Any], now: int) -> Reply:
+        return 200, {
+            "id": f"video_local{next(self._ids)}",
+            "object": "video",
+            "model": body.get("model", "sora-2"),
+            "status": "completed",
+            "progress": 100,
+            "created_at": now,
+            "completed_at": now,
+            "expires_at": None,
+            "prompt": body.get("prompt"),
+            "seconds": str(body.get("seconds", "4")),
+            "size": body.get("size", "720x1280"),
+            "remixed_from_video_id": None,
+            "error": None,
+        }
 
     def _messages(self, body: Mapping[str, Any], now: int) -> Reply:
         messages = body.get("messages") or ()

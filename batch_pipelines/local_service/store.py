@@ -11,6 +11,10 @@ Layout of ``data_dir``::
 File ids are generated here and checked against :data:`FILE_ID_RE` before any path is built, so
 no id and no client-supplied file name can reach outside the data directory.
 
+A data directory made by an older version opens as it is: columns added since (:data:`_ADDED`) are
+added to its tables when the store opens, NULL for the rows already there: "not known" (a batch
+created before usage was counted shows none).
+
 Each connection belongs to one thread. Writers take SQLite's write lock with ``BEGIN IMMEDIATE``
 so concurrent read-modify-write transactions from several processes serialize instead of failing.
 """
@@ -80,6 +84,28 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE INDEX IF NOT EXISTS batches_status ON batches(status);
 """
 
+#: Columns added since the first schema, by table: ``ALTER TABLE ... ADD COLUMN`` clauses, applied
+#: to a data directory whose tables lack them (new ones get them the same way).
+_ADDED: dict[str, dict[str, str]] = {
+    "files": {
+        # when the file expires (its expires_after, or its batch's output_expires_after); NULL: never
+        "expires_at": "INTEGER",
+    },
+    "batches": {
+        # the model of the input's lines (the first line's), known once validated
+        "model": "TEXT",
+        # usage summed over the answered rows, checkpointed with them; a batch starts them at 0,
+        # so NULL is a batch created before they were counted (its usage is not known)
+        "input_tokens": "INTEGER",
+        "cached_tokens": "INTEGER",
+        "output_tokens": "INTEGER",
+        "reasoning_tokens": "INTEGER",
+        # real seconds its output and error files live (the create's output_expires_after.seconds
+        # over the time scale); NULL: they never expire
+        "output_expires_after": "INTEGER",
+    },
+}
+
 #: Statuses a worker still has to act on.
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 #: The SQL condition "the batch is active" (fixed literals, no parameters to bind).
@@ -108,6 +134,7 @@ class Store:
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._conn().executescript(_SCHEMA)
+        self._migrate()
 
     # ---- connections ---------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -122,6 +149,22 @@ class Store:
             with self._all_lock:
                 self._all.append(conn)
         return conn
+
+    def _migrate(self) -> None:
+        """Add the columns of :data:`_ADDED` a table lacks (under the write lock: several processes
+        may open an old data directory at once, and each column is added once)."""
+        if not self._missing_columns():
+            return
+        with self.write() as db:
+            for table, column, clause in self._missing_columns():
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {clause}")
+
+    def _missing_columns(self) -> list[tuple[str, str, str]]:
+        missing = []
+        for table, columns in _ADDED.items():
+            have = {row["name"] for row in self.read(f"PRAGMA table_info({table})")}
+            missing += [(table, column, clause) for column, clause in columns.items() if column not in have]
+        return missing
 
     def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return self._conn().execute(sql, params).fetchall()

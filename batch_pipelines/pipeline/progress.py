@@ -26,7 +26,7 @@ import dagster as dg
 from batch_pipelines.pipeline.ledger import ROUND_KEY
 from batch_pipelines.providers import TERMINAL_STATUSES, Batch
 
-__all__ = ["BatchState", "console_metadata", "ended_at", "finished_metadata", "in_flight_metadata", "progress_metadata", "started_at"]
+__all__ = ["BatchState", "console_metadata", "ended_at", "finished_metadata", "in_flight_metadata", "progress_metadata", "started_at", "usage_of"]
 
 _TERMINAL = frozenset(str(s) for s in TERMINAL_STATUSES)
 #: The order a batch goes through; a group of batches is as far as its least advanced one.
@@ -46,11 +46,17 @@ class BatchState:
     started_at: float | None = None
     #: time.time() when it ended, as the provider tells (None while in flight).
     ended_at: float | None = None
+    #: The model and, once it ended, the token usage the provider reports (None where it does not).
+    model: str | None = None
+    usage: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, batch: Batch) -> BatchState:
         counts = batch.request_counts
-        return cls(batch.id, str(batch.status), counts.completed, counts.failed, counts.total, started_at(batch), ended_at(batch))
+        return cls(
+            batch.id, str(batch.status), counts.completed, counts.failed, counts.total, started_at(batch), ended_at(batch),
+            batch.model, usage_of(batch),
+        )  # fmt: skip
 
     @property
     def terminal(self) -> bool:
@@ -65,6 +71,11 @@ def started_at(batch: Batch) -> float | None:
 def ended_at(batch: Batch) -> float | None:
     ended = batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at
     return float(ended) if ended else None
+
+
+def usage_of(batch: Batch) -> dict[str, Any] | None:
+    """The batch's token usage as plain numbers, once it has ended (None before, or where not reported)."""
+    return batch.usage.model_dump(exclude_none=True) if batch.usage is not None and batch.is_terminal else None
 
 
 def _status(states: Sequence[BatchState]) -> str:
@@ -140,6 +151,10 @@ def finished_metadata(states: Sequence[BatchState], *, round_id: int | None, lin
         "failed": failed,
         "progress": _sentence(completed, failed, total),
     }
+    if models := {s.id: s.model for s in states if s.model}:
+        metadata["models"] = dg.MetadataValue.json(models)
+    if usage := {s.id: s.usage for s in states if s.usage is not None}:
+        metadata["batch_usage"] = dg.MetadataValue.json(usage)
     if started and len(ended) == len(states):
         metadata["duration_s"] = dg.MetadataValue.float(round(max(0.0, max(ended) - min(started)), 1))
     if round_id is not None:

@@ -31,7 +31,13 @@ import dagster as dg
 import httpx
 from pydantic import Field, PrivateAttr
 
-from batch_pipelines.profiles import ProviderProfile, get_profile, resolve_profile
+from batch_pipelines.profiles import (
+    EXPIRES_AFTER_MAX_SECONDS,
+    EXPIRES_AFTER_MIN_SECONDS,
+    ProviderProfile,
+    get_profile,
+    resolve_profile,
+)
 from batch_pipelines.providers import LOCAL, Batch, BatchProvider, make_provider
 from batch_pipelines.results import Prices, table_prices
 from batch_pipelines.submission import RecordedBatches, cancel_partition_batches
@@ -66,6 +72,16 @@ class BatchProviderResource(dg.ConfigurableResource):
     )
     completion_window: str | None = Field(
         default=None, description="Completion window of every batch ('24h', '3d'...); unset: the profile's default."
+    )
+    output_expires_after_seconds: int | None = Field(
+        default=None,
+        ge=EXPIRES_AFTER_MIN_SECONDS,
+        le=EXPIRES_AFTER_MAX_SECONDS,
+        description=(
+            "Seconds (3600 to 2592000) the provider keeps each batch's output and error files before deleting them "
+            "(OpenAI's output_expires_after, anchored at the files' creation); unset: the provider's default. "
+            "Only where the profile supports it (OpenAI, fastapi.ai, custom); the results are downloaded long before."
+        ),
     )
     local_data_dir: str | None = Field(
         default=None, description="Where the local provider keeps files and batches; unset: $DAGSTER_HOME/batch_pipelines/local."

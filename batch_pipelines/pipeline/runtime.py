@@ -117,6 +117,7 @@ class PipelineRuntime:
             run_id=context.run.run_id,
             since=self.since(context.instance, partition),
             user_tags=lambda attempt: self.options.user_tags(partition, attempt),
+            output_expires_after_seconds=resource.output_expires_after_seconds,
             log=context.log,
         )
 
@@ -302,6 +303,11 @@ class PipelineRuntime:
             "provider": resource.provider,
             "completion_window": resource.window,
         }
+        if resource.output_expires_after_seconds is not None:
+            metadata["output_expires_after_seconds"] = resource.output_expires_after_seconds
+        # The model the provider reports (its usage comes with the finished batches: progress.py).
+        if models := {s.batch.id: s.batch.model for s in submitted if s.batch.model}:
+            metadata["models"] = dg.MetadataValue.json(models)
         if cost is not None and any(not s.reattached for s in submitted):
             # What this run paid for: a per-run budget adds it up (a re-attached batch was paid before).
             new = sum(manifest.shards[s.record.shard].rows for s in submitted if not s.reattached)

@@ -17,6 +17,7 @@ queue has had time to drain.
 import hashlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import dagster as dg
 from pydantic import BaseModel, Field, ValidationError
@@ -35,7 +36,7 @@ from batch_pipelines.pipeline.ledger import (
     round_finished,
 )
 from batch_pipelines.pipeline.options import DEFAULT_OPTIONS
-from batch_pipelines.pipeline.progress import BatchState, ended_at, finished_metadata, in_flight_metadata, progress_metadata, started_at
+from batch_pipelines.pipeline.progress import BatchState, ended_at, finished_metadata, in_flight_metadata, progress_metadata, started_at, usage_of
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.providers import TERMINAL_STATUSES, Batch, poll_batches
 from batch_pipelines.submission import RESUBMIT_TAG, SubmittedBatch, partition_tag
@@ -64,9 +65,15 @@ class _Tracked(BaseModel):
     #: When the provider started running it (for the expected finish) and when it ended.
     started_at: float | None = None
     ended_at: float | None = None
+    #: What the provider reports of its model, and of its usage once it ended.
+    model: str | None = None
+    usage: dict[str, Any] | None = None
 
     def state(self) -> BatchState:
-        return BatchState(self.id, self.status, self.completed, self.failed, self.total, self.started_at or self.seen_at, self.ended_at)
+        return BatchState(
+            self.id, self.status, self.completed, self.failed, self.total, self.started_at or self.seen_at, self.ended_at,
+            self.model, self.usage,
+        )  # fmt: skip
 
 
 class _Group(BaseModel):
@@ -245,6 +252,7 @@ def _update(entry: _Tracked, batch: Batch) -> bool:
     entry.status, entry.completed, entry.failed, entry.total = str(batch.status), counts.completed, counts.failed, counts.total
     entry.started_at = started_at(batch) or entry.started_at
     entry.ended_at = ended_at(batch)
+    entry.model, entry.usage = batch.model or entry.model, usage_of(batch)
     return before != (entry.status, entry.completed, entry.failed, entry.total)
 
 

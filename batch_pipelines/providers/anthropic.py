@@ -32,7 +32,15 @@ import httpx
 import orjson
 from pydantic import SecretStr, ValidationError
 
-from batch_pipelines.profiles import MESSAGES, ProviderProfile, endpoint_problem, get_profile, window_problem
+from batch_pipelines.profiles import (
+    MESSAGES,
+    ProviderProfile,
+    endpoint_problem,
+    expires_after,
+    expires_after_problem,
+    get_profile,
+    window_problem,
+)
 from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider, created_since
 from batch_pipelines.providers.errors import APIResponseValidationError, ProviderError
 from batch_pipelines.providers.http import DEFAULT_TIMEOUT, HttpTransport, profile_transport
@@ -144,9 +152,16 @@ class AnthropicProvider(BatchProvider):
         endpoint: str,
         completion_window: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        output_expires_after_seconds: int | None = None,
     ) -> Batch:
-        """Send a shard's requests inline; its ``metadata`` is not kept (Anthropic has none)."""
-        problem = endpoint_problem(self.profile, endpoint) or window_problem(self.profile, completion_window or self.profile.default_window)
+        """Send a shard's requests inline; its ``metadata`` is not kept (Anthropic has none), and
+        its results have no expiry policy (Anthropic keeps them 29 days)."""
+        expiry = expires_after(output_expires_after_seconds) if output_expires_after_seconds is not None else None
+        problem = (
+            endpoint_problem(self.profile, endpoint)
+            or window_problem(self.profile, completion_window or self.profile.default_window)
+            or expires_after_problem(self.profile, expiry, "output_expires_after")
+        )
         if problem:
             raise ValueError(problem)
         body, count = inline_requests(Path(path), self.profile)
@@ -202,7 +217,7 @@ class AnthropicProvider(BatchProvider):
             after = cursor
 
     # Message Batches have no file step: the file calls of the interface do not apply.
-    def upload_file(self, path: Path, *, purpose: str = "batch") -> FileObject:
+    def upload_file(self, path: Path, *, purpose: str = "batch", expires_after_seconds: int | None = None) -> FileObject:
         raise ProviderError(f"{self.profile.name} Message Batches take their requests inline: use submit()")
 
     def create_batch(
@@ -212,6 +227,7 @@ class AnthropicProvider(BatchProvider):
         endpoint: str,
         completion_window: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        output_expires_after_seconds: int | None = None,
     ) -> Batch:
         raise ProviderError(f"{self.profile.name} Message Batches take their requests inline: use submit()")
 

@@ -44,7 +44,9 @@ class BatchProvider(abc.ABC):
 
     # ---- low-level calls, one per provider operation -------------------------------------
     @abc.abstractmethod
-    def upload_file(self, path: Path, *, purpose: str = "batch") -> FileObject: ...
+    def upload_file(self, path: Path, *, purpose: str = "batch", expires_after_seconds: int | None = None) -> FileObject:
+        """Upload a file; ``expires_after_seconds``: the provider deletes it that long after (where the
+        profile has ``supports_file_expiry``)."""
 
     @abc.abstractmethod
     def create_batch(
@@ -54,7 +56,10 @@ class BatchProvider(abc.ABC):
         endpoint: str,
         completion_window: str | None = None,
         metadata: Mapping[str, str] | None = None,
-    ) -> Batch: ...
+        output_expires_after_seconds: int | None = None,
+    ) -> Batch:
+        """Create a batch; ``output_expires_after_seconds``: its output and error files are deleted
+        that long after they are written (where the profile has ``supports_file_expiry``)."""
 
     @abc.abstractmethod
     def retrieve_batch(self, batch_id: str) -> Batch: ...
@@ -91,14 +96,18 @@ class BatchProvider(abc.ABC):
         endpoint: str,
         completion_window: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        output_expires_after_seconds: int | None = None,
     ) -> Batch:
         """Upload a request file and create its batch (Anthropic overrides this: no file step)."""
         uploaded = self.upload_file(path, purpose="batch")
+        # Only a policy that is set is passed on: a provider without the parameter is never given it.
+        expiry = {"output_expires_after_seconds": output_expires_after_seconds} if output_expires_after_seconds is not None else {}
         return self.create_batch(
             uploaded.id,
             endpoint=endpoint,
             completion_window=completion_window or self.profile.default_window,
             metadata=metadata,
+            **expiry,
         )
 
     def find_batches(self, metadata: Mapping[str, str], *, created_after: float | None = None) -> list[Batch]:

@@ -22,7 +22,7 @@ from batch_pipelines.providers.base import BatchProvider
 from batch_pipelines.providers.types import Batch, FileObject
 from batch_pipelines.providers.errors import APIStatusError, NotFoundError, status_error_class
 from batch_pipelines.providers.http import write_atomically
-from batch_pipelines.providers.openai_compatible import batch_create_body, iter_batches, parse_batch, parse_file
+from batch_pipelines.providers.openai_compatible import batch_create_body, iter_batches, parse_batch, parse_file, upload_expiry
 
 __all__ = ["LOCAL", "LocalProvider", "default_local_dir", "engine_call"]
 
@@ -86,9 +86,10 @@ class LocalProvider(BatchProvider):
     def console_url(self, batch_id: str) -> str | None:
         return None  # no console: the posed-as provider's would not know this batch
 
-    def upload_file(self, path: Path, *, purpose: str = "batch") -> FileObject:
+    def upload_file(self, path: Path, *, purpose: str = "batch", expires_after_seconds: int | None = None) -> FileObject:
         path = Path(path)
-        return parse_file(engine_call(lambda: self._engine.create_file(path.name, purpose, path)))
+        policy = upload_expiry(self.profile, expires_after_seconds)
+        return parse_file(engine_call(lambda: self._engine.create_file(path.name, purpose, path, expires_after=policy)))
 
     def download_file(self, file_id: str, dest: Path) -> Path:
         source = engine_call(lambda: self._engine.file_content_path(file_id))
@@ -108,8 +109,11 @@ class LocalProvider(BatchProvider):
         endpoint: str,
         completion_window: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        output_expires_after_seconds: int | None = None,
     ) -> Batch:
-        body = batch_create_body(self.profile, input_file_id, endpoint, completion_window, metadata)
+        body = batch_create_body(
+            self.profile, input_file_id, endpoint, completion_window, metadata, output_expires_after_seconds
+        )
         return parse_batch(engine_call(lambda: self._engine.create_batch(**body)))
 
     def retrieve_batch(self, batch_id: str) -> Batch:

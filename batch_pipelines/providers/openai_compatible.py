@@ -19,14 +19,29 @@ from typing import Any
 import httpx
 from pydantic import SecretStr, ValidationError
 
-from batch_pipelines.profiles import ProviderProfile, endpoint_problem, get_profile, metadata_problem, window_problem
+from batch_pipelines.profiles import (
+    ProviderProfile,
+    endpoint_problem,
+    expires_after,
+    expires_after_problem,
+    get_profile,
+    metadata_problem,
+    window_problem,
+)
 from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider, created_since
-from batch_pipelines.providers.types import Batch, BatchError, BatchStatus, FileObject
+from batch_pipelines.providers.types import Batch, BatchError, BatchStatus, BatchUsage, FileObject
 from batch_pipelines.providers.errors import APIResponseValidationError, NotFoundError
 from batch_pipelines.providers.http import DEFAULT_TIMEOUT, profile_transport
 from batch_pipelines.providers.retry_policy import RetryPolicy
 
-__all__ = ["OpenAICompatibleProvider", "batch_create_body", "iter_batches", "parse_batch", "parse_file"]
+__all__ = [
+    "OpenAICompatibleProvider",
+    "batch_create_body",
+    "iter_batches",
+    "parse_batch",
+    "parse_file",
+    "upload_expiry",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -65,13 +80,17 @@ class OpenAICompatibleProvider(BatchProvider):
         self._http.close()
 
     # ---- files -----------------------------------------------------------------------------
-    def upload_file(self, path: Path, *, purpose: str = "batch") -> FileObject:
+    def upload_file(self, path: Path, *, purpose: str = "batch", expires_after_seconds: int | None = None) -> FileObject:
         path = Path(path)
         size = path.stat().st_size
         if purpose == "batch" and not 0 < size <= self.profile.max_file_bytes:
             raise ValueError(
                 f"{path} is {size} bytes; {self.profile.name} takes 1..{self.profile.max_file_bytes} bytes per file"
             )
+        form = {"purpose": purpose}
+        policy = upload_expiry(self.profile, expires_after_seconds)
+        if policy is not None:  # form fields, as the openai SDK writes a nested parameter
+            form |= {"expires_after[anchor]": policy["anchor"], "expires_after[seconds]": str(policy["seconds"])}
         # Uploaded under a name of its own, so that a retry whose first attempt took effect (its
         # answer lost) finds that file instead of leaving it orphaned: files count against the
         # account's quota (Moonshot: 1000) until deleted, and nothing else would delete this one.
@@ -85,7 +104,7 @@ class OpenAICompatibleProvider(BatchProvider):
         # httpx streams a file handle in 64 KiB chunks (and rewinds it on a retry): never read whole.
         with path.open("rb") as fh:
             payload = self._http.request(
-                "POST", "files", data={"purpose": purpose}, files={"file": (name, fh)}, recover=find_uploaded
+                "POST", "files", data=form, files={"file": (name, fh)}, recover=find_uploaded
             )
         return parse_file(payload)
 
@@ -115,8 +134,11 @@ class OpenAICompatibleProvider(BatchProvider):
         endpoint: str,
         completion_window: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        output_expires_after_seconds: int | None = None,
     ) -> Batch:
-        body = batch_create_body(self.profile, input_file_id, endpoint, completion_window, metadata)
+        body = batch_create_body(
+            self.profile, input_file_id, endpoint, completion_window, metadata, output_expires_after_seconds
+        )
         started = time.time()
 
         def find_created() -> dict[str, Any] | None:
@@ -172,6 +194,7 @@ def batch_create_body(
     endpoint: str,
     completion_window: str | None,
     metadata: Mapping[str, str] | None,
+    output_expires_after_seconds: int | None = None,
 ) -> dict[str, Any]:
     """The create-batch body, refusing before any money moves what the provider is documented to reject.
 
@@ -179,10 +202,18 @@ def batch_create_body(
     from the caller's own records, not with list.
     """
     window = completion_window or profile.default_window
-    problem = endpoint_problem(profile, endpoint) or window_problem(profile, window) or metadata_problem(metadata)
+    expiry = expires_after(output_expires_after_seconds) if output_expires_after_seconds is not None else None
+    problem = (
+        endpoint_problem(profile, endpoint)
+        or window_problem(profile, window)
+        or metadata_problem(metadata)
+        or expires_after_problem(profile, expiry, "output_expires_after")
+    )
     if problem:
         raise ValueError(problem)
     body: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": window}
+    if expiry is not None:
+        body["output_expires_after"] = expiry
     if not metadata:
         return body
     if profile.supports_metadata:
@@ -193,6 +224,17 @@ def batch_create_body(
             profile.name, input_file_id, len(metadata),
         )
     return body
+
+
+def upload_expiry(profile: ProviderProfile, expires_after_seconds: int | None) -> dict[str, Any] | None:
+    """An upload's ``expires_after`` policy (None for none); ValueError for one the profile refuses."""
+    if expires_after_seconds is None:
+        return None
+    policy = expires_after(expires_after_seconds)
+    problem = expires_after_problem(profile, policy, "expires_after")
+    if problem:
+        raise ValueError(problem)
+    return policy
 
 
 # ---- payload -> record: the one normalizer -----------------------------------------------------
@@ -218,11 +260,29 @@ def parse_batch(payload: Mapping[str, Any]) -> Batch:
                 "errors": [BatchError.model_validate(e) for e in errors],
                 "metadata": {str(k): str(v) for k, v in metadata.items()},
                 "request_counts": raw.get("request_counts") or {},
+                "usage": _usage(raw.get("usage")),
                 "raw": raw,
             }
         )
     except ValidationError as exc:
         raise APIResponseValidationError(f"batch {raw.get('id')!r} does not parse: {_first_problem(exc)}") from None
+
+
+def _usage(usage: Any) -> BatchUsage | None:
+    """A batch's ``usage`` (``input_tokens``, ``input_tokens_details.cached_tokens``, ...) as a flat record."""
+    if not isinstance(usage, Mapping):
+        return None
+    inputs = usage.get("input_tokens_details") or {}
+    outputs = usage.get("output_tokens_details") or {}
+    return BatchUsage.model_validate(
+        {
+            "input_tokens": usage.get("input_tokens") or 0,
+            "cached_tokens": inputs.get("cached_tokens") or 0 if isinstance(inputs, Mapping) else 0,
+            "output_tokens": usage.get("output_tokens") or 0,
+            "reasoning_tokens": outputs.get("reasoning_tokens") or 0 if isinstance(outputs, Mapping) else 0,
+            "total_tokens": usage.get("total_tokens") or 0,
+        }
+    )
 
 
 def parse_file(payload: Mapping[str, Any]) -> FileObject:

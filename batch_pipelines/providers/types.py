@@ -16,6 +16,7 @@ __all__ = [
     "Batch",
     "BatchError",
     "BatchStatus",
+    "BatchUsage",
     "FileObject",
     "RESUBMIT_LATER_CODES",
     "RequestCounts",
@@ -63,6 +64,20 @@ class BatchError(BaseModel):
     param: str | None = None
 
 
+class BatchUsage(BaseModel):
+    """Tokens a batch used, summed over its requests (OpenAI: batches created since 2025-09-07)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = 0
+    #: Of the input, the tokens read from the provider's prompt cache.
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    #: Of the output, the reasoning tokens.
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+
+
 class Batch(BaseModel):
     """A provider's batch, normalized. ``raw`` keeps the provider's payload as it came."""
 
@@ -78,6 +93,10 @@ class Batch(BaseModel):
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     errors: tuple[BatchError, ...] = ()
     metadata: dict[str, str] = Field(default_factory=dict)
+    #: The model of the batch's requests, where the provider says it.
+    model: str | None = None
+    #: The tokens the batch used, where the provider says them (OpenAI: once it has ended).
+    usage: BatchUsage | None = None
     created_at: int | None = None
     in_progress_at: int | None = None
     expires_at: int | None = None
@@ -110,6 +129,8 @@ class FileObject(BaseModel):
     filename: str | None = None
     purpose: str | None = None
     created_at: int | None = None
+    #: When the provider deletes the file (its expiry policy); None: never.
+    expires_at: int | None = None
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
 
 

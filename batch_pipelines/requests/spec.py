@@ -8,14 +8,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from batch_pipelines.profiles import ALL_ENDPOINTS, CHAT_COMPLETIONS, MESSAGES, RESPONSES
+from batch_pipelines.profiles import CHAT_COMPLETIONS, MESSAGES, RESPONSES, TEXT_ENDPOINTS
 from batch_pipelines.requests.media import MediaPart
 from batch_pipelines.requests.schema import strict_json_schema
 from batch_pipelines.requests.templates import Placeholder, parse_template, strings
 
 
-#: Every endpoint a spec can write requests for: OpenAI's, and Anthropic's Messages API.
-SPEC_ENDPOINTS = (*ALL_ENDPOINTS, MESSAGES)
+#: Every endpoint a spec can write requests for: those whose answers the results read (OpenAI's
+#: text endpoints), and Anthropic's Messages API.
+SPEC_ENDPOINTS = (*TEXT_ENDPOINTS, MESSAGES)
 #: Endpoints whose requests are conversations (messages, media parts, structured output).
 _CONVERSATIONS = (CHAT_COMPLETIONS, RESPONSES, MESSAGES)
 

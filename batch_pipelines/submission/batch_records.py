@@ -60,12 +60,13 @@ class RecordedBatches(BatchProvider):
         endpoint: str,
         completion_window: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        **options: Any,
     ) -> Batch:
         tags = dict(metadata or {})
         record = {"tags": tags, "shard": str(Path(path)), "requests": _count_lines(Path(path)), "since": time.time(), "batch_id": None}
         where = self._dir(tags) / f"{uuid.uuid4().hex}.json"
         _write(where, record)  # the intent, before any money moves
-        batch = self.provider.submit(path, endpoint=endpoint, completion_window=completion_window, metadata=metadata)
+        batch = self.provider.submit(path, endpoint=endpoint, completion_window=completion_window, metadata=metadata, **options)
         _write(where, {**record, "batch_id": batch.id})
         return batch.model_copy(update={"metadata": tags})
 
@@ -101,8 +102,8 @@ class RecordedBatches(BatchProvider):
     def console_url(self, batch_id: str) -> str | None:
         return self.provider.console_url(batch_id)
 
-    def upload_file(self, path: Path, *, purpose: str = "batch") -> FileObject:
-        return self.provider.upload_file(path, purpose=purpose)
+    def upload_file(self, path: Path, **options: Any) -> FileObject:  # type: ignore[override]
+        return self.provider.upload_file(path, **options)
 
     def create_batch(self, input_file_id: str, **options: Any) -> Batch:  # type: ignore[override]
         return self.provider.create_batch(input_file_id, **options)

@@ -61,6 +61,8 @@ class Submitter:
     since: float | None = None
     #: The user's extra batch tags for an attempt.
     user_tags: Callable[[int], Mapping[str, str]] = _no_tags
+    #: How long the provider keeps each batch's output and error files (None: its default).
+    output_expires_after_seconds: int | None = None
     log: Log = field(default_factory=lambda: logging.getLogger(__name__))
 
     @property
@@ -93,8 +95,14 @@ class Submitter:
                     SHARD_TAG: str(index),
                     **({RESUBMIT_TAG: str(resubmit[index])} if resubmit else {}),
                 }
+                # Only a policy that is set is passed on: a provider without the parameter is never given it.
+                expiry = (
+                    {"output_expires_after_seconds": self.output_expires_after_seconds}
+                    if self.output_expires_after_seconds is not None
+                    else {}
+                )
                 batch = self.provider.submit(
-                    shard.path, endpoint=manifest.endpoint, completion_window=self.completion_window, metadata=metadata
+                    shard.path, endpoint=manifest.endpoint, completion_window=self.completion_window, metadata=metadata, **expiry
                 )
                 self.log.info(f"submitted {shard.path.name} ({shard.rows} requests) as batch {batch.id}")
                 created.append(len(out))

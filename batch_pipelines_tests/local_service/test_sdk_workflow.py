@@ -9,7 +9,7 @@ import pytest
 from openai.types import Batch, FileDeleted, FileObject
 
 from batch_pipelines_tests.support.clients import sdk
-from batch_pipelines_tests.support.request_files import CHAT, chat_line, write_lines
+from batch_pipelines_tests.support.request_files import CHAT, chat_line, write_lines, write_requests
 from batch_pipelines_tests.support.waiting import wait_for_batch, wait_until
 
 
@@ -172,3 +172,89 @@ def test_upload_purposes_are_the_posed_providers(local_service, tmp_path):
         assert client.files.create(file=tmp_path / "notes.jsonl", purpose=purpose).purpose == purpose  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="purpose"):
         client.files.create(file=tmp_path / "notes.jsonl", purpose="image")  # type: ignore[arg-type]  # Moonshot's, not OpenAI's
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/images/generations", "/v1/images/edits", "/v1/videos"])
+def test_sdk_batches_the_image_and_video_endpoints(local_service, tmp_path, endpoint):
+    svc = local_service(profile="openai")
+    client = sdk(svc)
+    body = {"model": "sora-2" if endpoint == "/v1/videos" else "gpt-image-1", "prompt": "A lighthouse at dusk"}
+    path = write_lines(tmp_path / "media.jsonl", [{"custom_id": "m-0", "method": "POST", "url": endpoint, "body": body}])
+    uploaded = client.files.create(file=path, purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h")
+    assert batch.endpoint == endpoint
+    done = wait_until(lambda: (b := client.batches.retrieve(batch.id)).status in ("completed", "failed") and b)
+    assert done.status == "completed" and done.request_counts.completed == 1, done.errors
+    line = json.loads(client.files.content(done.output_file_id).text)
+    assert line["custom_id"] == "m-0" and line["response"]["status_code"] == 200
+
+
+def test_the_sdk_reads_model_and_usage(local_service, tmp_path):
+    svc = local_service(profile="openai")
+    client = sdk(svc)
+    lines = [{"custom_id": f"r-{i}", "method": "POST", "url": "/v1/responses", "body": {"model": "gpt-5-mini", "input": f"Say {i}"}} for i in range(3)]
+    uploaded = client.files.create(file=write_lines(tmp_path / "r.jsonl", lines), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/responses", completion_window="24h")
+    wait_for_batch(svc.engine, batch.id)
+    batch = client.batches.retrieve(batch.id)
+    answers = [json.loads(line)["response"]["body"]["usage"] for line in client.files.content(batch.output_file_id).text.splitlines()]
+    assert batch.model == "gpt-5-mini"
+    assert batch.usage.input_tokens == sum(a["input_tokens"] for a in answers)
+    assert batch.usage.output_tokens == sum(a["output_tokens"] for a in answers)
+    assert batch.usage.total_tokens == batch.usage.input_tokens + batch.usage.output_tokens
+    assert batch.usage.input_tokens_details.cached_tokens == 0 and batch.usage.output_tokens_details.reasoning_tokens == 0
+
+
+# File expiry: the service's time_scale speeds it up as it does completion windows (at 3600 an
+# hour's policy lasts a second); a month's policy (720 s then) shows what has not expired stays.
+HOUR, MONTH = 3600, 2_592_000
+SCALE = 3600
+
+
+def _gone(client: openai.OpenAI, file_id: str) -> bool:
+    try:
+        client.files.retrieve(file_id)
+    except openai.NotFoundError:
+        return True
+    return False
+
+
+def test_the_sdk_uploads_files_that_expire(local_service, tmp_path):
+    svc = local_service(profile="openai", time_scale=SCALE)
+    client = sdk(svc)
+    path = write_requests(tmp_path / "requests.jsonl", 2)
+    short = client.files.create(file=path, purpose="batch", expires_after={"anchor": "created_at", "seconds": HOUR})
+    month = client.files.create(file=path, purpose="batch", expires_after={"anchor": "created_at", "seconds": MONTH})
+    forever = client.files.create(file=path, purpose="batch")
+    assert short.expires_at == short.created_at + HOUR // SCALE
+    assert month.expires_at == month.created_at + MONTH // SCALE and forever.expires_at is None
+
+    wait_until(lambda: _gone(client, short.id))
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(short.id)
+    listed = {f.id for f in client.files.list()}
+    assert short.id not in listed and {month.id, forever.id} <= listed
+    assert client.files.retrieve(month.id).expires_at == month.expires_at
+    assert not svc.engine.store.file_path(short.id).exists()  # its bytes went with it
+    # An expired input is no input.
+    with pytest.raises(openai.BadRequestError, match="no such file"):
+        client.batches.create(input_file_id=short.id, endpoint=CHAT, completion_window="24h")
+
+
+def test_the_sdk_creates_a_batch_whose_output_expires(local_service, tmp_path):
+    svc = local_service(profile="openai", time_scale=SCALE)
+    client = sdk(svc)
+    uploaded = client.files.create(file=write_requests(tmp_path / "requests.jsonl", 3), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": HOUR},
+    )
+    wait_for_batch(svc.engine, batch.id)
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.output_file_id
+    output = svc.engine.store.read_one("SELECT created_at, expires_at FROM files WHERE id = ?", (done.output_file_id,))
+    assert output["expires_at"] == output["created_at"] + HOUR // SCALE
+    wait_until(lambda: _gone(client, done.output_file_id))
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(done.output_file_id)
+    assert client.files.retrieve(uploaded.id).expires_at is None  # the input has its own policy: none

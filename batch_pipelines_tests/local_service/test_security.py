@@ -89,6 +89,40 @@ def test_oversized_streamed_upload_stops_early(local_service):
     assert list((svc.data_dir / "files").iterdir()) == []
 
 
+def _field_flood(boundary: str, fields: int, value_bytes: int, counter: list[int]):
+    """A chunked multipart body of ``fields`` small form fields and no file part, counting the chunks sent."""
+    for start in range(0, fields, 100):
+        chunk = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\n{"v" * value_bytes}\r\n'.encode()
+            for i in range(start, min(start + 100, fields))
+        )
+        counter[0] += 1
+        yield chunk
+    yield f"--{boundary}--\r\n".encode()
+
+
+# Many fields of 3 KB (past the fields' bytes at the 11th), or a few more tiny ones than an upload has parts.
+@pytest.mark.parametrize(("fields", "value_bytes"), [(10_000, 3000), (33, 1)])
+def test_a_flood_of_form_fields_is_refused_early_and_the_service_stays_healthy(local_service, fields, value_bytes):
+    svc = local_service(profile="openai")
+    boundary = "flood"
+    chunks = [0]
+    headers = {"Authorization": f"Bearer {svc.api_key}", "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    try:
+        answer = httpx.post(svc.base_url + "/files", headers=headers, content=_field_flood(boundary, fields, value_bytes, chunks), timeout=60)
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"]["code"] == "request_too_large"
+    except httpx.HTTPError:
+        pass  # the server may close the connection on the refused body; what matters is below
+    assert chunks[0] == 1 or chunks[0] < fields // 100, "the flood was read to the end"
+    assert list((svc.data_dir / "tmp").iterdir()) == [] and list((svc.data_dir / "files").iterdir()) == []
+    # Healthy: it lists, and takes an ordinary upload.
+    client = httpx.Client(base_url=svc.base_url, headers={"Authorization": f"Bearer {svc.api_key}"})
+    assert client.get("/files").json()["data"] == []
+    ok = client.post("/files", data={"purpose": "batch"}, files={"file": ("r.jsonl", b'{"a": 1}\n')})
+    assert ok.status_code == 200 and ok.json()["bytes"] == 9
+
+
 def test_file_names_and_ids_never_leave_the_data_dir(local_service, tmp_path):
     svc = local_service()
     client = sdk(svc)
