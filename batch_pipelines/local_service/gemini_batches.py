@@ -221,20 +221,32 @@ class GeminiBatches:
             try:
                 record = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                continue  # a line a fault plan corrupted: no record an inline answer can carry
+                record = None
+            if not isinstance(record, dict):  # a line a fault plan corrupted: a garbled answer without a key
+                yield False, {"response": raw.decode(errors="replace")}
+                continue
             yield "response" in record, record
 
     def _in_input_order(self, batch: Mapping[str, Any], records: list[tuple[bool, dict[str, Any]]]) -> Iterator[tuple[bool, dict[str, Any]]]:
-        """Inline responses come in the order of the requests, each with its metadata (its key)."""
+        """Inline responses come in the order of the requests, each with its metadata (its key); what a
+        fault plan added (answers to keys never sent, garbled ones without a key) comes after."""
         by_key: dict[str, list[dict[str, Any]]] = {}
+        garbled = []
         for _, record in records:
-            by_key.setdefault(str(record.get("key")), []).append(record)
+            key = record.get("key")
+            if isinstance(key, str):
+                by_key.setdefault(key, []).append(record)
+            else:
+                garbled.append(record)
         with self.engine.file_content_path(batch["input_file_id"]).open("rb") as fh:
             keys = [orjson.loads(raw)["custom_id"] for raw in fh if raw.strip()]
-        for key in keys:
+        sent = set(keys)
+        for key in [*keys, *(k for k in by_key if k not in sent)]:
             for record in by_key.pop(key, ()):
                 answer = {k: v for k, v in record.items() if k != "key"}
                 yield "response" in answer, {**answer, "metadata": {"key": key}}
+        for record in garbled:
+            yield False, record
 
     def _response_lines(self, batch: Mapping[str, Any]) -> Iterator[bytes]:
         """The Gemini response lines of an ended batch (not in input order), without line ends."""
@@ -270,7 +282,10 @@ class GeminiBatches:
 
 
 def _engine_line(key: str, request: dict[str, Any], model: str) -> bytes:
-    return orjson.dumps({"custom_id": key, "method": "POST", "url": GENERATE_CONTENT, "body": {**request, "model": model}}) + b"\n"
+    # The model first, as request lines carry it: the body is byte for byte the line the client's
+    # shard held before its model went into the URL.
+    body = {"model": model, **{k: v for k, v in request.items() if k != "model"}}
+    return orjson.dumps({"custom_id": key, "method": "POST", "url": GENERATE_CONTENT, "body": body}) + b"\n"
 
 
 def _request_problem(request: Any) -> str | None:
