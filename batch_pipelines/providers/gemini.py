@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode
@@ -127,7 +128,10 @@ class _HttpGemini:
                 chunk = fh.read(UPLOAD_CHUNK_BYTES)
                 last = offset + len(chunk) >= size
                 headers = {"X-Goog-Upload-Command": "upload, finalize" if last else "upload", "X-Goog-Upload-Offset": str(offset)}
-                status, answer = self._http.exchange("POST", session, _upload_status, content=chunk, headers=headers)
+                # A chunk whose answer was lost may have arrived: the session says how much it holds
+                # before the chunk is sent again (at an offset it has passed, it would be refused).
+                recover = None if last else partial(self._chunk_arrived, session, offset + len(chunk))
+                status, answer = self._http.exchange("POST", session, _upload_status, content=chunk, headers=headers, recover=recover)
                 offset += len(chunk)
                 if last:
                     if status != "final" or not isinstance(answer.get("file"), dict):
@@ -135,6 +139,12 @@ class _HttpGemini:
                     return answer["file"]
                 if status != "active":
                     raise APIResponseValidationError(f"the upload of {path.name} stopped at {offset} bytes (status {status!r})")
+
+    def _chunk_arrived(self, session: str, end: int) -> tuple[str, dict[str, Any]] | None:
+        """The answer a chunk ending at ``end`` would have had, if the session holds it; else None (send it again)."""
+        headers = {"X-Goog-Upload-Command": "query"}
+        received = self._http.exchange("POST", session, lambda r: r.headers.get("x-goog-upload-size-received"), headers=headers)
+        return ("active", {}) if received is not None and received.isdigit() and int(received) >= end else None
 
     def download(self, name: str, dest: Path) -> Path:
         return self._http.download(f"{name}:download?alt=media", dest)
