@@ -41,7 +41,7 @@ smoke: setup
 	$(BIN)/python -m batch_pipelines.demo.smoke
 
 # The pipeline end to end under every fault of the reliability suite (also part of `make test`), on the
-# OpenAI and the Anthropic profile: one table row per fault, then one line per profile,
+# OpenAI, the Anthropic and the Gemini profile: one table row per fault, then one line per profile,
 # `reliability <profile>: faults=N rows_lost=0 duplicate_submissions=0 wrong_answers=0`, and the total.
 reliability: setup
 	$(BIN)/python -m batch_pipelines_tests.reliability

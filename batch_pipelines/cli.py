@@ -1,7 +1,8 @@
 """The ``batch-pipelines`` command.
 
 ``batch-pipelines serve`` runs the local batch service: an OpenAI-compatible Files + Batches API
-(Anthropic's Message Batches under ``/v1/messages/batches`` with ``--profile anthropic``)
+(Anthropic's Message Batches under ``/v1/messages/batches`` with ``--profile anthropic``, Gemini's
+Batch Mode and Files under ``/v1`` and ``/v1beta`` with ``--profile gemini``)
 on this machine (see ``batch_pipelines.local_service``)::
 
     BATCH_PIPELINES_LOCAL_API_KEY=sk-local batch-pipelines serve --port 8787 \
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="batch-pipelines", description="Run LLM batch jobs through Batch APIs.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the local batch service (OpenAI's protocol, or Anthropic's with --profile anthropic)")
+    serve = commands.add_parser("serve", help="run the local batch service (OpenAI's protocol, Anthropic's with --profile anthropic, Gemini's with --profile gemini)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787; 0 picks a free one)")
     serve.add_argument("--data-dir", type=Path, default=Path(".local_service"), help="where state and files live")
@@ -102,7 +103,8 @@ def _serve(args: argparse.Namespace) -> None:
     sock.listen(128)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"local batch service ({args.profile}, {args.speed}) at http://{host}:{port}/v1", flush=True)
+    version = "/v1beta" if PROFILES[args.profile].protocol == "gemini" else "/v1"  # Gemini's docs' version (v1 is served too)
+    print(f"local batch service ({args.profile}, {args.speed}) at http://{host}:{port}{version}", flush=True)
     if api_key is None:
         print("no API key set: every request is accepted", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key=api_key), log_level="warning"))

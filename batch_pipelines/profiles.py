@@ -21,6 +21,7 @@ __all__ = [
     "ALL_ENDPOINTS",
     "CUSTOM",
     "CUSTOM_ID_PATTERN",
+    "GENERATE_CONTENT",
     "MEDIA_ENDPOINTS",
     "MESSAGES",
     "METADATA_MAX_KEY_CHARS",
@@ -70,6 +71,9 @@ MEDIA_ENDPOINTS: tuple[str, ...] = (IMAGES_GENERATIONS, IMAGES_EDITS, VIDEOS)
 ALL_ENDPOINTS: tuple[str, ...] = (*TEXT_ENDPOINTS, *MEDIA_ENDPOINTS)
 #: Anthropic's Messages API: the one endpoint of its Message Batches (not an OpenAI endpoint).
 MESSAGES = "/v1/messages"
+#: Gemini's generateContent method: what every request of a Gemini batch calls (a
+#: GenerateContentRequest; the model is the batch's, in its URL). Not a URL path of its own.
+GENERATE_CONTENT = "generateContent"
 
 _MB = 1024 * 1024
 _HOUR = 3600
@@ -128,13 +132,19 @@ class ProviderProfile:
     delete_files_after_download: bool = False
     #: Console page of one batch, formatted with ``batch_id``; None where there is none.
     console_url: str | None = None
-    #: The wire protocol: ``"openai"`` (an uploaded file, then a batch) or ``"anthropic"``
-    #: (Message Batches: requests inline, results at a URL, no metadata).
+    #: The wire protocol: ``"openai"`` (an uploaded file, then a batch), ``"anthropic"``
+    #: (Message Batches: requests inline, results at a URL, no metadata) or ``"gemini"`` (Batch
+    #: Mode: a long-running operation per model, requests inline or in an uploaded file).
     protocol: str = "openai"
     #: The rule every custom_id of a batch must match (and be unique in the batch).
     custom_id_pattern: str = CUSTOM_ID_PATTERN.pattern
     #: Whether uploads take ``expires_after`` and batches ``output_expires_after`` (OpenAI's).
     supports_file_expiry: bool = False
+    #: Gemini: the largest batch sent with its requests inline; a larger one goes as an uploaded
+    #: file (None: the protocol has no inline form, or no file form).
+    max_inline_bytes: int | None = None
+    #: Environment variables tried for the key after ``api_key_env``, in order.
+    api_key_fallback_envs: tuple[str, ...] = ()
 
     def window_allowed(self, window: str) -> bool:
         """Whether ``completion_window`` is one this provider accepts."""
@@ -220,6 +230,30 @@ PROFILES: dict[str, ProviderProfile] = {
         console_url="https://console.anthropic.com/workspaces/default/batches/{batch_id}",
         protocol="anthropic",
         custom_id_pattern=r"^[a-zA-Z0-9_-]{1,64}$",
+    ),
+    # Gemini Batch Mode (Developer API): one model per batch (its URL names it), requests inline
+    # up to 20 MB or as an uploaded JSONL file up to 2 GB, keyed by ``key``; a 24 h target, half
+    # price. No metadata, but a free-text displayName: the provider carries the batch's tags in
+    # it (``providers/gemini.py``), so batches are found again by their tags. The request count
+    # of a file is not documented. Keys: GEMINI_API_KEY, or GOOGLE_API_KEY as the SDK reads it.
+    "gemini": ProviderProfile(
+        name="gemini",
+        base_url="https://generativelanguage.googleapis.com/v1beta",
+        api_key_env="GEMINI_API_KEY",
+        api_key_fallback_envs=("GOOGLE_API_KEY",),
+        endpoints=(GENERATE_CONTENT,),
+        max_file_bytes=2 * 1024 * _MB,
+        max_requests_per_file=None,
+        completion_windows=("24h",),
+        min_window_seconds=_DAY,
+        max_window_seconds=_DAY,
+        default_window="24h",
+        one_model_per_file=True,
+        upload_purposes=("batch",),
+        batch_discount=0.5,
+        console_url=None,
+        protocol="gemini",
+        max_inline_bytes=20 * _MB,
     ),
     "groq": ProviderProfile(
         name="groq",
@@ -344,6 +378,8 @@ def profile_to_json(profile: ProviderProfile) -> dict[str, Any]:
 def profile_from_json(data: Mapping[str, Any]) -> ProviderProfile:
     values = dict(data)
     values["endpoints"] = tuple(values["endpoints"])
+    if "api_key_fallback_envs" in values:
+        values["api_key_fallback_envs"] = tuple(values["api_key_fallback_envs"])
     if "upload_purposes" in values:
         values["upload_purposes"] = tuple(values["upload_purposes"])
     if values.get("completion_windows") is not None:

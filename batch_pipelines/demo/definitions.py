@@ -10,15 +10,17 @@ It runs on the embedded ``local`` provider with no key. The environment picks an
 
 ====================================  =====================================================
 ``BATCH_PIPELINES_PROVIDER``          ``local`` (default), ``moonshot``, ``openai``, ``fastapi_ai``,
-                                      ``groq``, ``anthropic`` or ``custom`` (any OpenAI-compatible base URL)
+                                      ``groq``, ``anthropic``, ``gemini`` or ``custom`` (any OpenAI-compatible
+                                      base URL)
 the provider's key variable           ``MOONSHOT_API_KEY``, ``OPENAI_API_KEY``, ``FAST_API_KEY``,
-                                      ``GROQ_API_KEY``, ``ANTHROPIC_API_KEY``; ``BATCH_PIPELINES_API_KEY``
-                                      for ``custom``
-``BATCH_PIPELINES_LOCAL_PROFILE``     the provider the local one poses as: ``moonshot`` (default) or
-                                      ``anthropic`` (Message Batches, no key), any profile
+                                      ``GROQ_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY`` (or
+                                      ``GOOGLE_API_KEY``); ``BATCH_PIPELINES_API_KEY`` for ``custom``
+``BATCH_PIPELINES_LOCAL_PROFILE``     the provider the local one poses as: ``moonshot`` (default),
+                                      ``anthropic`` (Message Batches, no key) or ``gemini`` (Batch Mode,
+                                      no key), any profile
 ``BATCH_PIPELINES_MODEL``             default ``kimi-k2.5`` (local, moonshot), ``gpt-4o-mini``
-                                      (openai, fastapi_ai), ``claude-haiku-4-5`` (anthropic); required
-                                      for the others
+                                      (openai, fastapi_ai), ``claude-haiku-4-5`` (anthropic),
+                                      ``gemini-2.5-flash`` (gemini); required for the others
 ``BATCH_PIPELINES_BASE_URL``          overrides the provider's base URL (required for ``custom``)
 ``BATCH_PIPELINES_LOCAL_SPEED``       ``realistic`` (default: progress over a few seconds) or
                                       ``instant``
@@ -38,7 +40,7 @@ from pydantic import BaseModel, Field
 
 from batch_pipelines.demo.parquet_io import ParquetIOManager
 from batch_pipelines.pipeline import BatchProviderResource, build_batch_pipeline
-from batch_pipelines.profiles import MESSAGES, PROFILES
+from batch_pipelines.profiles import GENERATE_CONTENT, MESSAGES, PROFILES
 from batch_pipelines.providers import LOCAL
 from batch_pipelines.requests import RequestSpec
 
@@ -66,12 +68,14 @@ _LOCAL_PROFILE = os.environ.get("BATCH_PIPELINES_LOCAL_PROFILE", "moonshot")
 #: The profile whose protocol the requests are written for (the local provider's posed-as one).
 _PROFILE = PROFILES.get(_LOCAL_PROFILE if _PROVIDER == LOCAL else _PROVIDER)
 _ANTHROPIC = _PROFILE is not None and _PROFILE.protocol == "anthropic"
+_GEMINI = _PROFILE is not None and _PROFILE.protocol == "gemini"
 _DEFAULT_MODELS = {
-    LOCAL: "claude-haiku-4-5" if _ANTHROPIC else "kimi-k2.5",
+    LOCAL: "claude-haiku-4-5" if _ANTHROPIC else "gemini-2.5-flash" if _GEMINI else "kimi-k2.5",
     "moonshot": "kimi-k2.5",
     "openai": "gpt-4o-mini",
     "fastapi_ai": "gpt-4o-mini",
     "anthropic": "claude-haiku-4-5",
+    "gemini": "gemini-2.5-flash",
 }
 
 
@@ -121,6 +125,8 @@ def _provider_from_env() -> BatchProviderResource:
         )
     profile = PROFILES.get(_PROVIDER)
     key_var = profile.api_key_env if profile and profile.api_key_env else "BATCH_PIPELINES_API_KEY"
+    if profile is not None and not os.environ.get(key_var):  # Gemini's key may be GOOGLE_API_KEY instead
+        key_var = next((v for v in profile.api_key_fallback_envs if os.environ.get(v)), key_var)
     return BatchProviderResource(
         provider=_PROVIDER,
         base_url=os.environ.get("BATCH_PIPELINES_BASE_URL"),
@@ -141,6 +147,7 @@ def _model_from_env() -> str:
 request_spec = RequestSpec(
     model=_model_from_env(),
     **({"endpoint": MESSAGES, "body": {"max_tokens": 300}} if _ANTHROPIC else {}),
+    **({"endpoint": GENERATE_CONTENT} if _GEMINI else {}),
     messages=[
         {
             "role": "system",

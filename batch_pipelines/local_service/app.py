@@ -8,7 +8,8 @@
     GET|PUT /v1/_local/faults                    the service-wide fault plan (local extension)
 
 Posing as a profile of the ``anthropic`` protocol it serves Anthropic's Message Batches instead
-(``anthropic_app.py``), over the same engine, with the same faults.
+(``anthropic_app.py``), over the same engine, with the same faults; posing as one of the
+``gemini`` protocol, Gemini's Batch Mode and Files under ``/v1`` and ``/v1beta`` (``gemini_app.py``).
 
 Each route parses its request, calls the engine in a thread and answers its JSON; errors have
 OpenAI's shape ``{"error": {message, type, param, code}}``, unknown ids and routes are 404s in
@@ -42,6 +43,8 @@ from starlette.routing import Route
 from batch_pipelines.local_service.anthropic_app import anthropic_error_response, anthropic_routes
 from batch_pipelines.local_service.engine import BatchEngine
 from batch_pipelines.local_service.errors import ServiceError
+from batch_pipelines.local_service.gemini_app import KEY_HEADER as GEMINI_KEY_HEADER
+from batch_pipelines.local_service.gemini_app import gemini_error_response, gemini_routes, upload_session_call
 from batch_pipelines.local_service.faults import FaultPlan
 from batch_pipelines.local_service.guard import Guard, HttpFaults
 from batch_pipelines.local_service.json_responses import error_response, json_response, unread_body_error
@@ -148,6 +151,17 @@ def create_app(engine: BatchEngine, *, api_key: str | None, faults: FaultPlan | 
         app.state.engine = engine
         app.state.faults = http_faults
         app.add_middleware(Guard, api_key=api_key, faults=http_faults, error_response=anthropic_error_response, accept_x_api_key=True)
+        return app
+
+    if engine.profile.protocol == "gemini":
+        routes = [*gemini_routes(engine, _read_json), Route("/v1/_local/faults", faults_admin, methods=["GET", "PUT"])]
+        app = _starlette(routes, gemini_error_response)
+        app.state.engine = engine
+        app.state.faults = http_faults
+        app.add_middleware(
+            Guard, api_key=api_key, faults=http_faults, error_response=gemini_error_response,
+            key_header=GEMINI_KEY_HEADER, keyless=upload_session_call,
+        )
         return app
 
     routes = [

@@ -79,21 +79,28 @@ class Guard:
         faults: HttpFaults | None,
         error_response: Callable[[ServiceError], Response] = error_response,
         accept_x_api_key: bool = False,
+        key_header: str | None = None,
+        keyless: Callable[[Scope], bool] | None = None,
     ) -> None:
         self._app = app
         self._expected = f"Bearer {api_key}".encode() if api_key is not None else None
-        # Anthropic's docs send the key as ``x-api-key``, its current SDKs as a bearer token: both count.
-        self._expected_x_api_key = api_key.encode() if api_key is not None and accept_x_api_key else None
+        # Anthropic's docs send the key as ``x-api-key``, its current SDKs as a bearer token: both
+        # count. Gemini's clients send it bare in ``x-goog-api-key`` (``key_header``).
+        self._key_header = (key_header or "x-api-key").lower().encode()
+        self._expected_x_api_key = api_key.encode() if api_key is not None and (accept_x_api_key or key_header) else None
         self._faults = faults
         self._error_response = error_response
+        # Calls that carry their own credential instead of the key (Gemini's upload sessions:
+        # the SDK sends the chunks to the session URL without the key, the session id is it).
+        self._keyless = keyless
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        if self._expected is not None:
+        if self._expected is not None and not (self._keyless is not None and self._keyless(scope)):
             headers = dict(scope["headers"])
-            given, x_api_key = headers.get(b"authorization"), headers.get(b"x-api-key")
+            given, x_api_key = headers.get(b"authorization"), headers.get(self._key_header)
             if self._expected_x_api_key is None:
                 x_api_key = None
             if given is None and x_api_key is None:

@@ -13,7 +13,9 @@ PNG per image asked), ``/v1/videos`` (a completed video job) and Anthropic's ``/
 "json_schema"}`` (or a responses request with ``text.format``) gets content that validates
 against its schema (``schema_instance.py``), its choices picked by the prompt; so does a
 Messages request that forces a tool (``tool_choice: {type: tool}``: a ``tool_use`` block whose
-input fits the tool's ``input_schema``) or asks for ``output_format: {type: json_schema}``.
+input fits the tool's ``input_schema``) or asks for ``output_format: {type: json_schema}``, and
+a Gemini GenerateContentRequest with ``generationConfig.responseMimeType: application/json`` and
+``responseJsonSchema`` (or ``responseSchema``, Google's OpenAPI subset with upper-case types).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from batch_pipelines.profiles import (
     CHAT_COMPLETIONS,
     COMPLETIONS,
     EMBEDDINGS,
+    GENERATE_CONTENT,
     IMAGES_EDITS,
     IMAGES_GENERATIONS,
     MESSAGES,
@@ -97,6 +100,7 @@ class DefaultResponder:
             IMAGES_EDITS: self._images,
             VIDEOS: self._videos,
             MESSAGES: self._messages,
+            GENERATE_CONTENT: self._generate_content,
         }
 
     def respond(self, endpoint: str, bodies: Sequence[Mapping[str, Any]]) -> list[Reply]:
@@ -320,6 +324,31 @@ class DefaultResponder:
             },
         }
 
+    def _generate_content(self, body: Mapping[str, Any], now: int) -> Reply:
+        """A GenerateContentResponse: one candidate, its text (schema-valid JSON when asked), usageMetadata."""
+        prompt = _gemini_text(body.get("contents"))
+        system_text = _gemini_text([body.get("systemInstruction")])
+        config = body.get("generationConfig") or {}
+        schema = None
+        if isinstance(config, Mapping) and config.get("responseMimeType") == "application/json":
+            schema = config.get("responseJsonSchema") or _lower_types(config.get("responseSchema")) or {}
+        if schema is not None:
+            text = self._structured({"type": "json_schema", "json_schema": {"schema": schema}}, prompt) or "{}"
+        else:
+            text = "Local reply to: " + prompt[-120:]
+        n = next(self._ids)
+        prompt_tokens, output_tokens = _tokens(system_text + prompt), _tokens(text)
+        return 200, {
+            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {
+                "promptTokenCount": prompt_tokens,
+                "candidatesTokenCount": output_tokens,
+                "totalTokenCount": prompt_tokens + output_tokens,
+            },
+            "modelVersion": str(body.get("model", "local")),
+            "responseId": f"local{n}",
+        }
+
     def _structured(self, response_format: Any, prompt: str) -> str | None:
         """JSON content for a structured-output request, None for a free-text one."""
         if not isinstance(response_format, Mapping):
@@ -347,6 +376,24 @@ def _messages_text(messages: Any) -> str:
             content = message.get("content")
             parts.append(content if type(content) is str else _parts_text(content))
     return "\n".join(parts)
+
+
+def _gemini_text(contents: Any) -> str:
+    """The text parts of Gemini ``contents`` (inline data carries none)."""
+    parts = []
+    for content in contents or ():
+        if type(content) is dict:
+            parts.extend(p["text"] for p in content.get("parts") or () if type(p) is dict and type(p.get("text")) is str)
+    return "\n".join(parts)
+
+
+def _lower_types(schema: Any) -> Any:
+    """Google's ``responseSchema`` (OpenAPI, ``"type": "OBJECT"``) as JSON Schema's lower-case types."""
+    if isinstance(schema, Mapping):
+        return {k: (v.lower() if k == "type" and isinstance(v, str) else _lower_types(v)) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_lower_types(v) for v in schema]
+    return schema
 
 
 def _parts_text(content: Any) -> str:

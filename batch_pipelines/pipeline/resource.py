@@ -18,7 +18,8 @@ factory builds (``resource_key="batch_provider"`` by default, see ``PipelineOpti
 With no configuration it is the embedded ``local`` provider, keeping its data under
 ``$DAGSTER_HOME/batch_pipelines/local``: the demo runs without a key. The API key is never part of
 the resource's repr, Dagster metadata or logs; when it is unset the profile's environment variable
-(``MOONSHOT_API_KEY``, ``OPENAI_API_KEY``...) is read when a provider is made, at run time.
+(``MOONSHOT_API_KEY``, ``OPENAI_API_KEY``..., on Gemini ``GEMINI_API_KEY`` or ``GOOGLE_API_KEY``)
+is read when a provider is made, at run time.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class BatchProviderResource(dg.ConfigurableResource):
     provider: str = Field(
         default=LOCAL,
         description=(
-            "'local' (embedded, no key), 'moonshot', 'openai', 'fastapi_ai', 'groq', 'anthropic' (Message Batches), "
+            "'local' (embedded, no key), 'moonshot', 'openai', 'fastapi_ai', 'groq', 'anthropic' (Message Batches), 'gemini' (Batch Mode), "
             "or 'custom' (any OpenAI-compatible service at base_url)."
         ),
     )
@@ -88,7 +89,7 @@ class BatchProviderResource(dg.ConfigurableResource):
     )
     local_profile: str = Field(
         default="openai",
-        description="The provider the local provider poses as: its limits, validation and protocol ('anthropic': Message Batches).",
+        description="The provider the local provider poses as: its limits, validation and protocol ('anthropic': Message Batches, 'gemini': Batch Mode).",
     )
     local_speed: Literal["instant", "realistic"] = Field(
         default="instant", description="'instant' for tests, 'realistic' to watch a batch progress in the UI."

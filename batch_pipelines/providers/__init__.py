@@ -1,8 +1,9 @@
 """Providers: one interface over Batch APIs: an OpenAI-compatible HTTP client, Anthropic's Message
-Batches, and the local provider (posing as either).
+Batches, Gemini's Batch Mode, and the local provider (posing as any of them).
 
 ``make_provider("moonshot")`` (key from ``MOONSHOT_API_KEY``), ``make_provider("anthropic")`` (key
-from ``ANTHROPIC_API_KEY``), ``make_provider("openai", base_url=...)`` or ``make_provider("local",
+from ``ANTHROPIC_API_KEY``), ``make_provider("gemini")`` (key from ``GEMINI_API_KEY`` or
+``GOOGLE_API_KEY``), ``make_provider("openai", base_url=...)`` or ``make_provider("local",
 pose_as="anthropic")`` (no server, no key) is all a caller needs; the profile's ``protocol`` picks
 the client. Nothing in
 this package imports dagster.
@@ -19,6 +20,7 @@ from pydantic import SecretStr
 from batch_pipelines.profiles import ProviderProfile, get_profile, resolve_profile
 from batch_pipelines.providers.anthropic import AnthropicProvider
 from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider
+from batch_pipelines.providers.gemini import GeminiProvider
 from batch_pipelines.providers.types import (
     RESUBMIT_LATER_CODES,
     TERMINAL_STATUSES,
@@ -50,6 +52,7 @@ from batch_pipelines.providers.http import DEFAULT_TIMEOUT
 from batch_pipelines.providers.retry_policy import RetryPolicy
 from batch_pipelines.providers.local import LOCAL, LocalProvider, default_local_dir
 from batch_pipelines.providers.local_anthropic import local_anthropic_provider
+from batch_pipelines.providers.local_gemini import local_gemini_provider
 from batch_pipelines.providers.openai_compatible import OpenAICompatibleProvider, parse_batch, parse_file
 from batch_pipelines.providers.polling import poll_batches
 
@@ -71,6 +74,7 @@ __all__ = [
     "ConflictError",
     "DEFAULT_TIMEOUT",
     "FileObject",
+    "GeminiProvider",
     "InternalServerError",
     "LOCAL",
     "LocalProvider",
@@ -87,6 +91,7 @@ __all__ = [
     "UnprocessableEntityError",
     "default_local_dir",
     "local_anthropic_provider",
+    "local_gemini_provider",
     "make_provider",
     "parse_batch",
     "parse_file",
@@ -116,10 +121,13 @@ def make_provider(
         posed = get_profile(pose_as) if isinstance(pose_as, str) else pose_as
         if posed.protocol == "anthropic":
             return local_anthropic_provider(data_dir, profile=posed, **local_options)
+        if posed.protocol == "gemini":
+            return local_gemini_provider(data_dir, profile=posed, **local_options)
         return LocalProvider(data_dir=data_dir, profile=posed, **local_options)
     if data_dir is not None or local_options:
         unexpected = ["data_dir"] * (data_dir is not None) + sorted(local_options)
         raise TypeError(f"make_provider({profile!r}): {', '.join(unexpected)} only apply to the local provider")
     resolved = resolve_profile(profile, base_url) if isinstance(profile, str) else profile
-    client = AnthropicProvider if resolved.protocol == "anthropic" else OpenAICompatibleProvider
+    clients: dict[str, type[BatchProvider]] = {"anthropic": AnthropicProvider, "gemini": GeminiProvider}
+    client: Any = clients.get(resolved.protocol, OpenAICompatibleProvider)
     return client(resolved, api_key=api_key, base_url=base_url, max_retries=max_retries, retry=retry, timeout=timeout)

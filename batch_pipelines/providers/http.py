@@ -138,6 +138,11 @@ class HttpTransport:
         """
         return self._send(method, path, self._read_json, recover=recover, **kwargs)
 
+    def exchange(self, method: str, path: str, read: Callable[[httpx.Response], _T], **kwargs: Any) -> _T:
+        """Send a call with the same retries and errors, and let ``read`` take what it needs of the
+        successful answer (its headers, say: Gemini's resumable upload answers in them)."""
+        return self._send(method, path, read, **kwargs)
+
     def download(self, path: str, dest: Path) -> Path:
         """Stream a response body to ``dest`` chunk by chunk; ``dest`` appears whole or not at all."""
 

@@ -8,17 +8,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from batch_pipelines.profiles import CHAT_COMPLETIONS, MESSAGES, RESPONSES, TEXT_ENDPOINTS
+from batch_pipelines.profiles import CHAT_COMPLETIONS, GENERATE_CONTENT, MESSAGES, RESPONSES, TEXT_ENDPOINTS
 from batch_pipelines.requests.media import MediaPart
 from batch_pipelines.requests.schema import strict_json_schema
 from batch_pipelines.requests.templates import Placeholder, parse_template, strings
 
 
 #: Every endpoint a spec can write requests for: those whose answers the results read (OpenAI's
-#: text endpoints), and Anthropic's Messages API.
-SPEC_ENDPOINTS = (*TEXT_ENDPOINTS, MESSAGES)
+#: text endpoints), Anthropic's Messages API and Gemini's generateContent.
+SPEC_ENDPOINTS = (*TEXT_ENDPOINTS, MESSAGES, GENERATE_CONTENT)
 #: Endpoints whose requests are conversations (messages, media parts, structured output).
-_CONVERSATIONS = (CHAT_COMPLETIONS, RESPONSES, MESSAGES)
+_CONVERSATIONS = (CHAT_COMPLETIONS, RESPONSES, MESSAGES, GENERATE_CONTENT)
+#: Gemini's structured-output parameters, in ``generationConfig``.
+_GEMINI_FORMAT_KEYS = frozenset({"responseMimeType", "responseSchema", "responseJsonSchema"})
 
 
 class RequestSpec(BaseModel):
@@ -39,8 +41,12 @@ class RequestSpec(BaseModel):
     ``text.format`` (responses) or, on Anthropic's ``/v1/messages``, becomes the ``input_schema``
     of a tool the request forces (``tool_choice``), whose input is the answer. On
     ``/v1/messages`` a ``system`` message becomes the ``system`` parameter, images become base64
-    image blocks, and ``body`` must set ``max_tokens`` (Anthropic requires it). ``key_column`` names the column custom_ids come from (default: the
-    DataFrame index).
+    image blocks, and ``body`` must set ``max_tokens`` (Anthropic requires it). On Gemini's
+    ``generateContent`` the requests are GenerateContentRequests: ``system`` messages become
+    ``systemInstruction``, the others ``contents`` (``assistant`` is the ``model`` role), images
+    inline data, ``body`` holds ``generationConfig`` and the like, and ``output_model`` asks for
+    ``responseMimeType: application/json`` with its schema as ``responseJsonSchema``.
+    ``key_column`` names the column custom_ids come from (default: the DataFrame index).
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
@@ -67,11 +73,13 @@ class RequestSpec(BaseModel):
         if self.media:
             if self.build_body is not None or self.endpoint not in _CONVERSATIONS:
                 raise ValueError("media parts need a messages or input_template spec on chat completions, responses or messages")
-            if self.endpoint in (RESPONSES, MESSAGES) and any(p.kind == "video" for p in self.media):
+            if self.endpoint in (RESPONSES, MESSAGES, GENERATE_CONTENT) and any(p.kind == "video" for p in self.media):
                 raise ValueError(f"{self.endpoint} takes no video parts")
             if self.messages is not None and not any(m.get("role") == "user" for m in self.messages):
                 raise ValueError("media parts go into a user message, and messages has none")
         reserved = {"model", "messages", "input", "prompt"} | ({"system"} if self.endpoint == MESSAGES else set())
+        if self.endpoint == GENERATE_CONTENT:
+            reserved |= {"contents", "systemInstruction"}
         if reserved & set(self.body):
             raise ValueError(f"body sets {sorted(reserved & set(self.body))}: give them through the spec's own fields")
         if self.endpoint == MESSAGES and self.build_body is None and not isinstance(self.body.get("max_tokens"), int):
@@ -81,6 +89,8 @@ class RequestSpec(BaseModel):
                 raise ValueError(f"output_model needs {', '.join(_CONVERSATIONS)}")
             if "response_format" in self.body or "format" in (self.body.get("text") or {}):
                 raise ValueError("body already sets the output format; drop it or output_model")
+            if self.endpoint == GENERATE_CONTENT and _GEMINI_FORMAT_KEYS & set(self.body.get("generationConfig") or {}):
+                raise ValueError("body's generationConfig already sets the output format; drop it or output_model")
             if self.endpoint == MESSAGES and ({"tools", "tool_choice"} & set(self.body)):
                 raise ValueError("body sets tools or tool_choice, which output_model sets on /v1/messages; drop one")
             strict_json_schema(self.output_model)
@@ -112,6 +122,8 @@ class RequestSpec(BaseModel):
             # Anthropic's structured output on every model: one tool, forced; its input is the answer.
             tool = {"name": name, "description": f"Record the answer as {name}.", "input_schema": schema}
             return {"tools": [tool], "tool_choice": {"type": "tool", "name": name}}
+        if self.endpoint == GENERATE_CONTENT:
+            return {"generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": schema}}
         return {"text": {"format": {"type": "json_schema", "name": name, "strict": True, "schema": schema}}}
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, MESSAGES, RESPONSES
+from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, GENERATE_CONTENT, MESSAGES, RESPONSES
 from batch_pipelines.requests.custom_ids import CustomIds
 from batch_pipelines.requests.json_text import LARGE_TEXT, arrow_text, is_arrow_text, json_escape, lines_of_array
 from batch_pipelines.requests.media import MediaError, MediaResolver, MediaUploader
@@ -141,7 +141,7 @@ def _data_url_piece(url: Callable[[Any], str], piece: str) -> Callable[[Any], st
         value = url(cell)
         head, sep, data = value.partition(";base64,")
         if not (head.startswith("data:") and sep):
-            raise MediaError(f"{MESSAGES} takes images inline as base64: {value[:40]!r} is a URL or a file reference")
+            raise MediaError(f"images go inline as base64 on this endpoint: {value[:40]!r} is a URL or a file reference")
         return head.removeprefix("data:") if piece == "media_type" else data
 
     return render
@@ -149,6 +149,8 @@ def _data_url_piece(url: Callable[[Any], str], piece: str) -> Callable[[Any], st
 
 def _skeleton(spec: RequestSpec, text_hole: Callable[[str], str], media_hole: Callable[..., str]) -> dict[str, Any]:
     """The request body with markers where row values go."""
+    if spec.endpoint == GENERATE_CONTENT:
+        return _gemini_skeleton(spec, text_hole, media_hole)
     body: dict[str, Any] = {"model": spec.model}
     messages = [dict(m) for m in spec.messages] if spec.messages is not None else None
     if messages is None and (spec.endpoint in (CHAT_COMPLETIONS, MESSAGES) or spec.media):
@@ -165,6 +167,34 @@ def _skeleton(spec: RequestSpec, text_hole: Callable[[str], str], media_hole: Ca
         body["input" if spec.endpoint == RESPONSES else "messages"] = _holes(messages, text_hole)
     else:
         body["prompt" if spec.endpoint == COMPLETIONS else "input"] = text_hole(spec.input_template or "")
+    body.update(spec.body)
+    return body
+
+
+def _gemini_skeleton(spec: RequestSpec, text_hole: Callable[[str], str], media_hole: Callable[..., str]) -> dict[str, Any]:
+    """A GenerateContentRequest: system messages as ``systemInstruction``, the others as ``contents``
+    (``assistant`` is Gemini's ``model`` role), text as ``{"text"}`` parts, images first in the last
+    user turn as ``{"inlineData": {mimeType, data}}``. ``model`` stays in the line for the shard's
+    checks; the provider takes it into the batch's URL."""
+    body: dict[str, Any] = {"model": spec.model}
+    messages = [dict(m) for m in spec.messages] if spec.messages is not None else [{"role": "user", "content": spec.input_template}]
+    system = [m.get("content") for m in messages if m.get("role") == "system"]
+    turns = [m for m in messages if m.get("role") != "system"]
+    last_user = max((i for i, m in enumerate(turns) if m.get("role") == "user"), default=-1)
+    contents = []
+    for i, message in enumerate(turns):
+        content = message.get("content")
+        if isinstance(content, str):
+            parts: list[Any] = [{"text": content}]
+        else:  # OpenAI-style parts: their text as Gemini's, anything else as given
+            parts = [{"text": p["text"]} if isinstance(p, dict) and p.get("type") == "text" else p for p in content or ()]
+        if i == last_user and spec.media:
+            media = [{"inlineData": {"mimeType": media_hole(j, "media_type"), "data": media_hole(j, "data")}} for j in range(len(spec.media))]
+            parts = media + parts
+        contents.append({"role": "model" if message.get("role") == "assistant" else "user", "parts": _holes(parts, text_hole)})
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": _holes("\n\n".join(str(text) for text in system), text_hole)}]}
+    body["contents"] = contents
     body.update(spec.body)
     return body
 

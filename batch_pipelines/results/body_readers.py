@@ -22,12 +22,13 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, MODERATIONS, RESPONSES
+from batch_pipelines.profiles import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, GENERATE_CONTENT, MESSAGES, MODERATIONS, RESPONSES
 from batch_pipelines.results.line_formats import Read, Typed
 
 __all__ = [
     "ANTHROPIC_MESSAGES",
     "COLUMN_TYPES",
+    "GEMINI_GENERATE_CONTENT",
     "LINE_TEXT",
     "READERS",
     "TEXT_COLUMNS",
@@ -39,6 +40,8 @@ __all__ = [
 
 #: Anthropic Message Batches results: one Messages API response per line (``result.message``).
 ANTHROPIC_MESSAGES = MESSAGES
+#: Gemini Batch Mode results: one GenerateContentResponse per line (``response``).
+GEMINI_GENERATE_CONTENT = GENERATE_CONTENT
 
 TEXT_COLUMNS = ("content", "finish_reason")
 #: ``cached_tokens``: input read from the provider's prompt cache; ``cache_write_tokens``: input
@@ -161,6 +164,23 @@ def _message_fields(body: dict[str, Any]) -> tuple[Any, ...]:
     return text, body.get("stop_reason"), prompt, output, total, read, written
 
 
+def _generate_content_fields(body: dict[str, Any]) -> tuple[Any, ...]:
+    """A GenerateContentResponse: the first candidate's text (thought parts left out), its finish
+    reason, usageMetadata. A response without candidates (a blocked prompt) is not understood."""
+    candidate = body["candidates"][0]
+    parts = (candidate.get("content") or _NO_FIELDS).get("parts") or ()
+    texts = [_text(part["text"]) for part in parts if "text" in part and not part.get("thought")]
+    usage = body.get("usageMetadata") or _NO_FIELDS
+    prompt, output = usage.get("promptTokenCount"), usage.get("candidatesTokenCount")
+    thoughts = usage.get("thoughtsTokenCount")  # billed as output
+    if output is not None and thoughts:
+        output += thoughts
+    total = usage.get("totalTokenCount")
+    if total is None and prompt is not None and output is not None:
+        total = prompt + output
+    return ("".join(texts) if texts else None), candidate.get("finishReason"), prompt, output, total, usage.get("cachedContentTokenCount"), None
+
+
 def _embedding_fields(body: dict[str, Any]) -> tuple[Any, ...]:
     data = body["data"]
     if len(data) != 1:
@@ -213,6 +233,7 @@ READERS: dict[str, tuple[tuple[str, ...], Read]] = {
     EMBEDDINGS: (("embedding",), _embedding_fields),
     MODERATIONS: (("flagged", "moderation"), _moderation_fields),
     ANTHROPIC_MESSAGES: (TEXT_COLUMNS, _message_fields),
+    GEMINI_GENERATE_CONTENT: (TEXT_COLUMNS, _generate_content_fields),
 }
 #: endpoint -> the typed decoder tried before its reader (OpenAI line format only).
 TYPED: dict[str, Typed] = {CHAT_COMPLETIONS: msgspec.json.Decoder(_ChatLine)}

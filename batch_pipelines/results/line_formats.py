@@ -30,10 +30,11 @@ __all__ = [
     "Typed",
     "corrupt_line",
     "parse_anthropic",
+    "parse_gemini",
     "parse_openai",
 ]
 
-LineFormat = Literal["openai", "anthropic"]
+LineFormat = Literal["openai", "anthropic", "gemini"]
 
 #: A body reader: a succeeded body -> the values of its columns; it raises on a body it does not understand.
 Read = Callable[[Any], tuple[Any, ...]]
@@ -46,7 +47,7 @@ _Failure = tuple[int, str | None, str | None]  # outcome, error code, error mess
 _BODY_ERRORS = (LookupError, TypeError, AttributeError, ValueError)
 _LINE_ERRORS = (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError)
 _END_OUTCOMES = {"batch_expired": EXPIRED, "batch_cancelled": CANCELLED}
-_CUSTOM_ID_IN_RAW = re.compile(rb'"custom_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
+_CUSTOM_ID_IN_RAW = re.compile(rb'"(?:custom_id|key)"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
 _loads = orjson.loads
 
 
@@ -211,8 +212,63 @@ def parse_anthropic(lines: list[bytes], line_no: int, out: Envelope, read: Read,
     return line_no
 
 
+#: google.rpc status of a Gemini error line for a request the batch never ran -> (outcome, OpenAI's code).
+_GEMINI_UNRUN = {
+    "CANCELLED": (CANCELLED, "batch_cancelled"),
+    "DEADLINE_EXCEEDED": (EXPIRED, "batch_expired"),
+}
+
+
+def parse_gemini(lines: list[bytes], line_no: int, out: Envelope, read: Read, typed: Typed | None) -> int:
+    """Gemini Batch Mode response lines: ``{key, response: GenerateContentResponse}`` or ``{key, error:
+    {code, message, status}}``.
+
+    An error's ``code`` is the HTTP status it stands for and its ``status`` (RESOURCE_EXHAUSTED,
+    INTERNAL...) the error code, so the retry rules read it as they read an OpenAI line; a request
+    the batch never ran (CANCELLED, DEADLINE_EXCEEDED: the batch ended first) gets OpenAI's codes
+    batch_cancelled and batch_expired, with no HTTP status.
+    """
+    failure: _Failure | None
+    for raw in lines:
+        line_no += 1
+        try:
+            record = _loads(raw)
+            custom_id = record["key"]
+            if type(custom_id) is not str:
+                raise TypeError("key is not a string")
+            status, body, failure = None, None, None
+            if record.get("response") is not None:
+                status, body = 200, record["response"]
+            else:
+                error = record["error"]
+                if type(error) is not dict:
+                    raise TypeError("a failed line has no error object")
+                name, message = error.get("status"), error.get("message")
+                message = None if message is None else str(message)
+                if name in _GEMINI_UNRUN:
+                    outcome, code = _GEMINI_UNRUN[name]
+                    failure = (outcome, code, message)
+                else:
+                    code_value = error.get("code")
+                    status = code_value if type(code_value) is int and code_value >= 400 else None
+                    failure = (FAILED, None if name is None else str(name), message)
+        except _LINE_ERRORS as exc:
+            out.skip(line_no, raw, exc)
+            continue
+        if failure is None:
+            try:
+                out.fields.extend(read(body))
+                out.custom_id.append(custom_id)
+                out.status_code.append(status)
+                continue
+            except _BODY_ERRORS as exc:
+                failure = _not_understood(body, exc)
+        out.fail(custom_id, status, failure)
+    return line_no
+
+
 Parse = Callable[[list[bytes], int, Envelope, Read, Typed | None], int]
-PARSERS: dict[LineFormat, Parse] = {"openai": parse_openai, "anthropic": parse_anthropic}
+PARSERS: dict[LineFormat, Parse] = {"openai": parse_openai, "anthropic": parse_anthropic, "gemini": parse_gemini}
 
 
 def _http_error(body: Any) -> tuple[str | None, str | None]:

@@ -17,6 +17,7 @@ import pyarrow as pa
 from batch_pipelines.results.body_readers import (
     ANTHROPIC_MESSAGES,
     COLUMN_TYPES,
+    GEMINI_GENERATE_CONTENT,
     LINE_TEXT,
     READERS,
     TOKEN_COLUMNS,
@@ -28,6 +29,8 @@ from batch_pipelines.results.outcomes import OUTCOMES, SUCCEEDED, Outcome
 
 __all__ = ["LineTable", "ResultLine", "iter_result_lines", "read_lines"]
 
+#: The line format of an endpoint's result files (OpenAI's unless named here).
+LINE_FORMATS: dict[str, LineFormat] = {ANTHROPIC_MESSAGES: "anthropic", GEMINI_GENERATE_CONTENT: "gemini"}
 _CHUNK_BYTES = 4 << 20  # lines read and converted at once: bounds the Python objects alive
 
 
@@ -53,7 +56,8 @@ def iter_result_lines(path: Path, *, line_format: LineFormat = "openai") -> Iter
     """Stream a result file's lines in bounded memory, corrupt ones included as :class:`CorruptLine`.
 
     ``line_format`` is ``"openai"`` (``{custom_id, response: {status_code, body} | null, error}``,
-    for every OpenAI-style provider) or ``"anthropic"`` (``{custom_id, result: {type, ...}}``).
+    for every OpenAI-style provider), ``"anthropic"`` (``{custom_id, result: {type, ...}}``) or
+    ``"gemini"`` (``{key, response | error}``).
     A corrupt line does not stop the reading: the lines after it are parsed as usual.
     """
     parse = PARSERS[line_format]
@@ -106,7 +110,7 @@ def read_lines(paths: Sequence[tuple[int, Path]], endpoint: str) -> LineTable:
     """Read ``(file index, path)`` pairs a chunk of lines at a time into one :class:`LineTable`."""
     names = (*content_columns(endpoint), *TOKEN_COLUMNS)
     read, typed = READERS[endpoint][1], TYPED.get(endpoint)
-    parse = PARSERS["anthropic" if endpoint == ANTHROPIC_MESSAGES else "openai"]
+    parse = PARSERS[LINE_FORMATS.get(endpoint, "openai")]
     types = {name: COLUMN_TYPES[name] for name in ("custom_id", "status_code", "error_code", "error_message", *names)}
     parts: dict[str, list[Any]] = {name: [] for name in ("outcome", *types)}
     corrupt: list[CorruptLine] = []

@@ -16,7 +16,7 @@ from batch_pipelines.results.summary import Prices
 __all__ = ["table_prices"]
 
 #: Our provider names -> the table's provider ids (a gateway or the local provider: looked up by model alone).
-_PROVIDER_IDS = {"openai": "openai", "moonshot": "moonshotai", "groq": "groq", "anthropic": "anthropic"}
+_PROVIDER_IDS = {"openai": "openai", "moonshot": "moonshotai", "groq": "groq", "anthropic": "anthropic", "gemini": "google"}
 _MILLION = 1_000_000
 
 

@@ -85,3 +85,30 @@ def test_responses_text_format_json_schema():
     body = _respond("/v1/responses", {"model": "m", "input": "q", "text": {"format": {"type": "json_schema", "name": "x", "schema": schema}}})
     value = json.loads(body["output"][0]["content"][0]["text"])
     assert isinstance(value["ok"], bool) and value["n"] >= 3
+
+
+def test_gemini_generate_content_free_text_and_both_schema_forms():
+    """A GenerateContentResponse as the google-genai SDK reads it; JSON fitting responseJsonSchema
+    or Google's upper-case responseSchema when application/json is asked for."""
+    from google.genai import types
+
+    responder = DefaultResponder()
+    contents = [{"role": "user", "parts": [{"text": "Label: great product"}]}]
+    system = {"parts": [{"text": "You label reviews."}]}
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["good", "bad"]}}, "required": ["label"]}
+    upper = {"type": "OBJECT", "properties": {"label": {"type": "STRING", "enum": ["good", "bad"]}}, "required": ["label"]}
+    bodies = [
+        {"model": "gemini-2.5-flash", "contents": contents, "systemInstruction": system},
+        {"model": "gemini-2.5-flash", "contents": contents, "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": schema}},
+        {"model": "gemini-2.5-flash", "contents": contents, "generationConfig": {"responseMimeType": "application/json", "responseSchema": upper}},
+    ]
+    replies = responder.respond("generateContent", bodies)
+    assert all(status == 200 for status, _ in replies)
+    answers = [types.GenerateContentResponse.model_validate(body) for _, body in replies]
+    assert answers[0].text.startswith("Local reply to: Label: great product")
+    usage = answers[0].usage_metadata
+    assert usage.prompt_token_count > 0 and usage.candidates_token_count > 0
+    assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count
+    assert json.loads(answers[1].text)["label"] in {"good", "bad"}
+    assert json.loads(answers[2].text)["label"] in {"good", "bad"}
+    assert answers[1].candidates[0].finish_reason.name == "STOP"

@@ -241,7 +241,9 @@ class World:
         return service_batches(self.service)
 
     def batch_tags(self) -> dict[str, dict[str, str]]:
-        """Each batch's tags: its metadata, or what the pipeline recorded where batches keep none."""
+        """Each batch's tags: its metadata (Gemini's: its displayName), or what the pipeline recorded where batches keep none."""
+        if self.profile.tags is not None:
+            return {b["id"]: self.profile.tags(b) for b in self.batches()}
         if self.profile.batch_metadata:
             return {b["id"]: b["metadata"] or {} for b in self.batches()}
         return recorded_tags(self.records_root)
@@ -289,12 +291,13 @@ class World:
             accounted += len(set(source["text_id"]) & set(seen[seen == 1].index) & answered)
             succeeded = results[results["outcome"] == "succeeded"]
             wrong += sum(
-                sent.get((str(batch_id), cid), fp) != fp
+                sent.get((self.profile.service_batch_id(str(batch_id)), cid), fp) != fp
                 for batch_id, cid, fp in zip(succeeded["batch_id"], succeeded["custom_id"], succeeded["request_fingerprint"])
             )
         batches = self.batches()
-        if self.profile.batch_metadata:
-            meant = Counter(tuple(b["metadata"].get(k) for k in (FINGERPRINT_TAG, PARTITION_TAG, ATTEMPT_TAG)) for b in batches if ran(b))
+        if self.profile.batch_metadata or self.profile.tags is not None:
+            tags = self.batch_tags()
+            meant = Counter(tuple(tags[b["id"]].get(k) for k in (FINGERPRINT_TAG, PARTITION_TAG, ATTEMPT_TAG)) for b in batches if ran(b))
             duplicates = sum(n - 1 for n in meant.values())
         else:
             duplicates = unrecorded_duplicates(self.service, batches, self.records_root)

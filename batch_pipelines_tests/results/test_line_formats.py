@@ -86,3 +86,42 @@ def test_a_forced_tools_input_is_the_answer_and_cache_writes_are_counted(tmp_pat
     row = frame.set_index("custom_id").loc["r0"]
     assert orjson.loads(row["content"]) == {"label": "spam", "score": 0.5} and row["finish_reason"] == "tool_use"
     assert (row["prompt_tokens"], row["cached_tokens"], row["cache_write_tokens"], row["total_tokens"]) == (34, 10, 20, 40)
+
+
+def test_gemini_lines_give_the_same_records(tmp_path):
+    response = {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "thinking...", "thought": True}, {"text": "Hello"}, {"text": " world"}]},
+                        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 3, "thoughtsTokenCount": 2, "cachedContentTokenCount": 5,
+                          "totalTokenCount": 17},
+    }  # fmt: skip
+    lines = [
+        {"key": "r0", "response": response},
+        {"key": "r1", "error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}},
+        {"key": "r2", "error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}},
+        {"key": "r3", "error": {"code": 499, "message": "cancelled", "status": "CANCELLED"}},
+        {"key": "r4", "error": {"code": 504, "message": "expired", "status": "DEADLINE_EXCEEDED"}},
+        {"key": "r5", "response": {"promptFeedback": {"blockReason": "SAFETY"}}},
+        {"custom_id": "r6", "response": response},
+    ]
+    path = write_lines(tmp_path / "gemini.jsonl", lines)
+    records = [x for x in iter_result_lines(path, line_format="gemini") if isinstance(x, ResultLine)]
+    assert [(r.outcome, r.status_code, r.error_code) for r in records] == [
+        ("succeeded", 200, None),
+        ("failed", 429, "RESOURCE_EXHAUSTED"),
+        ("failed", 400, "INVALID_ARGUMENT"),
+        ("cancelled", None, "batch_cancelled"),
+        ("expired", None, "batch_expired"),
+        ("succeeded", 200, None),  # a blocked prompt: a 200 without candidates, which the join does not take
+    ]
+
+    df, ids = source(7)
+    joined = join_results(df, ids, [ResultFiles(batch_id="b1", output_path=path)], endpoint="generateContent")
+    frame = joined.frame.set_index("custom_id")
+    assert frame.loc["r0", "content"] == "Hello world" and frame.loc["r0", "finish_reason"] == "STOP"  # thoughts left out
+    # Thinking tokens are billed as output.
+    assert tuple(frame.loc["r0", ["prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens"]]) == (12, 5, 5, 17)
+    assert outcomes(joined.frame) == {"r0": "succeeded", "r1": "failed", "r2": "failed", "r3": "cancelled", "r4": "expired",
+                                      "r5": "invalid_output", "r6": "missing"}  # fmt: skip
+    assert joined.anomalies.corrupt_lines == 1
+    assert plan_retry(joined.frame).custom_ids == ["r1", "r3", "r4", "r6"]  # 429 and the unfinished, not the 400

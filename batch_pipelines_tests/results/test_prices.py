@@ -31,3 +31,11 @@ def test_cache_reads_and_writes_are_priced_apart_with_the_batch_discount():
     prices = Prices(input_per_million=1.0, output_per_million=5.0, cached_input_per_million=0.1, cache_write_per_million=1.25)
     cost = prices.batch_cost(anthropic, input_tokens=3_000_000, output_tokens=1_000_000, cached_tokens=1_000_000, cache_write_tokens=1_000_000)
     assert cost == pytest.approx((1.0 + 0.1 + 1.25 + 5.0) * 0.5)
+
+
+def test_gemini_prices_come_from_the_table_under_google():
+    prices = table_prices("gemini", "gemini-2.5-flash")
+    assert prices is not None and prices.source.startswith("genai-prices")
+    assert prices.input_per_million > 0 and prices.output_per_million > prices.input_per_million
+    cost = prices.batch_cost(get_profile("gemini"), input_tokens=1_000_000, output_tokens=1_000_000)
+    assert cost == pytest.approx((prices.input_per_million + prices.output_per_million) * 0.5)  # half price

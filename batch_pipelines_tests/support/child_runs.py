@@ -28,7 +28,7 @@ from typing import Any
 
 import dagster as dg
 
-from batch_pipelines.providers import AnthropicProvider, Batch, BatchProvider, OpenAICompatibleProvider
+from batch_pipelines.providers import AnthropicProvider, Batch, BatchProvider, GeminiProvider, OpenAICompatibleProvider
 from batch_pipelines.pipeline import BatchProviderResource
 from batch_pipelines.submission import RecordedBatches
 from batch_pipelines_tests.support.driver import KEY_ENV, Harness, make_texts
@@ -57,6 +57,15 @@ class _AnthropicDiesAfterSubmit(AnthropicProvider):
         os._exit(CRASH_EXIT)
 
 
+class _GeminiDiesAfterSubmit(GeminiProvider):
+    """Gemini's HTTP client, except that the process dies right after a batch is accepted: its
+    tags are in its displayName, nowhere in Dagster."""
+
+    def submit(self, path: Path, **options: Any) -> Batch:
+        super().submit(path, **options)
+        os._exit(CRASH_EXIT)
+
+
 class _DyingResource(BatchProviderResource):
     def get_provider(self) -> BatchProvider:
         provider = super().get_provider()
@@ -64,7 +73,8 @@ class _DyingResource(BatchProviderResource):
             provider.close()
             return RecordedBatches(_AnthropicDiesAfterSubmit(self.profile, api_key=self.api_key, base_url=self.base_url), provider.root)
         provider.close()
-        return _DiesAfterSubmit(self.profile, api_key=self.api_key, base_url=self.base_url)
+        dying = _GeminiDiesAfterSubmit if self.profile.protocol == "gemini" else _DiesAfterSubmit
+        return dying(self.profile, api_key=self.api_key, base_url=self.base_url)
 
 
 def start_child(mode: str, base_url: str, storage: Path, partition: str, *, home: str, key: str, **popen: Any) -> subprocess.Popen:
