@@ -11,7 +11,7 @@ resident size the process ever had, so no peak between two samples is missed).
 
     .venv/bin/python benchmarks/bench_service_upload.py [--fields N]
 
-Last line: ``bench service: idle_mb=... peak_mb=... growth_mb=... status=413 sent_mb=... healthy=yes``;
+Last line: ``bench service_upload: idle_mb=... peak_mb=... growth_mb=... status=413 sent_mb=... healthy=yes``;
 it exits non-zero when growth_mb is 100 or more, the answer is not a 413, or the service is unwell.
 """
 
@@ -99,7 +99,7 @@ def main() -> None:
     total_mb = args.fields * (args.value_bytes + 60) / _MB
     print(f"flood: {args.fields} fields of {args.value_bytes} bytes ({total_mb:.0f} MB), {sent[0] / _MB:.1f} MB of it sent")
     print(
-        f"bench service: idle_mb={idle:.1f} peak_mb={peak:.1f} growth_mb={growth:.1f} status={status} "
+        f"bench service_upload: idle_mb={idle:.1f} peak_mb={peak:.1f} growth_mb={growth:.1f} status={status} "
         f"sent_mb={sent[0] / _MB:.1f} healthy={'yes' if healthy else 'no'}"
     )
     if growth >= MAX_GROWTH_MB or status != "413" or not healthy:
