@@ -275,7 +275,7 @@ class World:
 
     def measure(self) -> Measured:
         h = self.harness
-        rows_in = accounted = wrong = 0
+        rows_in = accounted = wrong = checked = answered_rows = 0
         outcomes: Counter[str] = Counter()
         sent = sent_fingerprints(self.service)
         done = h.materialized_results()
@@ -290,10 +290,14 @@ class World:
             answered = set(results.loc[results["outcome"] != "missing", "text_id"])
             accounted += len(set(source["text_id"]) & set(seen[seen == 1].index) & answered)
             succeeded = results[results["outcome"] == "succeeded"]
-            wrong += sum(
-                sent.get((self.profile.service_batch_id(str(batch_id)), cid), fp) != fp
+            # A reused answer was bought under another custom_id: not found, not judged.
+            went = [
+                (sent.get((self.profile.service_batch_id(str(batch_id)), cid)), fp)
                 for batch_id, cid, fp in zip(succeeded["batch_id"], succeeded["custom_id"], succeeded["request_fingerprint"])
-            )
+            ]
+            wrong += sum(found is not None and found != fp for found, fp in went)
+            checked += sum(found is not None for found, _ in went)
+            answered_rows += len(went)
         batches = self.batches()
         if self.profile.batch_metadata or self.profile.tags is not None:
             tags = self.batch_tags()
@@ -301,7 +305,7 @@ class World:
             duplicates = sum(n - 1 for n in meant.values())
         else:
             duplicates = unrecorded_duplicates(self.service, batches, self.records_root)
-        return Measured(
+        measured = Measured(
             rows_in=rows_in,
             rows_accounted=accounted,
             batches=len(batches),
@@ -310,6 +314,10 @@ class World:
             failed_runs=self.failed_runs,
             wrong_answers=wrong,
         )
+        if answered_rows and not checked:
+            # The check must see what was sent: no answer found among the service's requests means it sees nothing.
+            return replace(measured, problem=f"no answer of {answered_rows} matched a request the service was sent")
+        return measured
 
 
 @contextmanager
@@ -346,7 +354,7 @@ def run_scenario(scenario: Scenario, profile: Profile = OPENAI) -> Measured:
         except AssertionError as exc:
             problem = (str(exc).splitlines() or ["assertion failed"])[0][:300]
         measured = world.measure()
-    return replace(measured, seconds=time.monotonic() - started, problem=problem)
+    return replace(measured, seconds=time.monotonic() - started, problem=problem or measured.problem)
 
 
 class ServedProcess(LocalService):

@@ -51,7 +51,8 @@ class Profile:
     #: The tags of a service batch (its engine dict) where they are not its metadata but still at
     #: the provider (Gemini: the displayName); None: its metadata, or the pipeline's records.
     tags: Callable[[Mapping[str, Any]], dict[str, str]] | None = None
-    #: The service's id of a batch id the pipeline holds (Gemini's drop the engine's ``batch_``).
+    #: The service's id of a batch id the pipeline holds (Gemini's drop the engine's ``batch_``,
+    #: Anthropic's show it as ``msgbatch_``).
     service_batch_id: Callable[[str], str] = lambda batch_id: batch_id
 
     @property
@@ -85,6 +86,8 @@ ANTHROPIC = Profile(
         results="/v1/messages/batches/*/results",
     ),
     batch_metadata=False,
+    # The service shows the engine's batch_<hex> as msgbatch_<hex>.
+    service_batch_id=lambda batch_id: "batch_" + batch_id.removeprefix("msgbatch_"),
 )
 
 GEMINI = Profile(
