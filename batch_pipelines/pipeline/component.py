@@ -141,6 +141,13 @@ def _provider_model() -> type[_ProviderSettings]:
 
 ProviderModel = _provider_model()
 
+
+def _render_provider(context: Any, block: _ProviderSettings) -> _ProviderSettings:
+    """The block with its ``{{ }}`` templates rendered (``base_url: "{{ env.GATEWAY_URL }}"``),
+    checked again: Dagster renders templates of plain nested models only through a resolver."""
+    rendered = context.resolve_value(block.model_dump(exclude_unset=True))
+    return type(block).model_validate(rendered)
+
 #: The resource of every component without a ``provider`` block: one object, so that several such
 #: components merge into one code location (Dagster refuses two objects under one resource key).
 _LOCAL_DEFAULT = BatchProviderResource()
@@ -190,7 +197,10 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable):
     ] = None
     #: BatchProviderResource settings, bound to resource_key; api_key_env names the key's variable.
     #: Unset: the embedded local provider.
-    provider: ProviderModel = field(default_factory=ProviderModel)  # type: ignore[valid-type]
+    provider: Annotated[
+        ProviderModel,  # type: ignore[valid-type]
+        dg.Resolver(_render_provider, model_field_type=ProviderModel),
+    ] = field(default_factory=ProviderModel)
     # The pipeline's options (see PipelineOptions for what each does), in YAML's types.
     policy: Literal["fail", "quarantine"] = DEFAULT_OPTIONS.policy
     max_attempts: int = DEFAULT_OPTIONS.max_attempts

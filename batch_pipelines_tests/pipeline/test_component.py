@@ -227,3 +227,19 @@ def test_the_scaffold_writes_a_pipeline_that_loads_and_runs_on_the_local_provide
             wait_until(results_materialized)
             frame = harness.results(None)
     assert frame["text_id"].tolist() == ["t1", "t2", "t3"] and set(frame["outcome"]) == {"succeeded"}
+
+
+def test_templates_in_the_provider_block_are_rendered(monkeypatch):
+    monkeypatch.setenv("BATCH_PIPELINES_TEST_GATEWAY", "http://127.0.0.1:9/v1")
+    component = BatchPipelineComponent.resolve_from_yaml(
+        textwrap.dedent(
+            """
+            name: summarize
+            source: articles
+            request: {model: my-model, input_template: "Summarize: {body}"}
+            provider: {provider: custom, base_url: "{{ env.BATCH_PIPELINES_TEST_GATEWAY }}", api_key_env: GATEWAY_KEY}
+            """
+        )
+    )
+    resource = component_defs(component).resources["batch_provider"]
+    assert resource.provider == "custom" and resource.base_url == "http://127.0.0.1:9/v1" and resource.api_key == "GATEWAY_KEY"
