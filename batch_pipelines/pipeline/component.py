@@ -256,9 +256,10 @@ def _blocks_are_mappings(derived: type[BaseModel]) -> type[BaseModel]:
 
     Dagster lets every attribute be a ``{{ }}`` template string instead, which makes the schema of
     ``request`` "a RequestModel or a string": a typo in it (``key_colum:``) then reads "is not
-    valid under any of the given schemas". These two blocks are always written out, so the string is dropped: the
-    schema (``dg check yaml``) and loading (``dg check defs``) name the misspelt field. (For the
-    same reason ``provider`` defaults to an empty block, the local provider, rather than None.)
+    valid under any of the given schemas". These two blocks are always written out, so the string
+    is dropped: the schema (``dg check yaml``) and loading (``dg check defs``) name the misspelt
+    field. (For the same reason ``provider`` defaults to an empty block, the local provider,
+    rather than None.) Templates inside the blocks still work.
     """
     fields = {
         "request": (RequestModel, derived.model_fields["request"]),

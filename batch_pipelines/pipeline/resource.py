@@ -16,11 +16,13 @@ factory builds (``resource_key="batch_provider"`` by default, see ``PipelineOpti
     )
 
 With no configuration it is the embedded ``local`` provider, keeping its data under
-``$DAGSTER_HOME/batch_pipelines/local``: the demo runs without a key. Its ``forward_*`` settings
-have it answer every request through a real-time OpenAI-compatible server of your own (vLLM,
-Ollama, llama.cpp): the same pipeline, outcomes, retries and checks, on your model. The API key is never part of
+``$DAGSTER_HOME/batch_pipelines/local``: the demo runs without a key. The API key is never part of
 the resource's repr, Dagster metadata or logs; when it is unset the profile's environment variable
 (``MOONSHOT_API_KEY``, ``OPENAI_API_KEY``...) is read when a provider is made, at run time.
+
+The ``forward_*`` settings have the local provider answer every request through a real-time
+OpenAI-compatible server of your own (vLLM, Ollama, llama.cpp): the same pipeline, outcomes,
+retries and checks, on your model. Its key's variable must be set wherever a provider is made.
 """
 
 from __future__ import annotations
