@@ -25,11 +25,13 @@ setup: $(STAMP)
 
 # The Dagster UI with the demo pipeline on http://$(HOST):$(UI_PORT); see README "The demo".
 # Started inside DAGSTER_HOME, which holds a copy of dagster.yaml (Dagster reads it from there only).
+# Under demo/supervise.py, which stops dagster dev's webserver, daemon and code servers with it on
+# Ctrl-C or a SIGTERM (also one sent to make alone).
 run: setup
 	mkdir -p $(DEMO_HOME)
 	cp dagster.yaml $(DEMO_HOME)/dagster.yaml
-	cd $(DEMO_HOME) && DAGSTER_HOME=$(abspath $(DEMO_HOME)) $(abspath $(BIN))/dagster dev \
-		-w $(CURDIR)/workspace.yaml -h $(HOST) -p $(UI_PORT)
+	cd $(DEMO_HOME) && DAGSTER_HOME=$(abspath $(DEMO_HOME)) exec $(abspath $(BIN))/python -m batch_pipelines.demo.supervise \
+		$(abspath $(BIN))/dagster dev -w $(CURDIR)/workspace.yaml -h $(HOST) -p $(UI_PORT)
 
 # The local batch service alone, with realistic pacing; see README "Try the local service".
 serve: setup

@@ -11,6 +11,11 @@ on this machine (see ``batch_pipelines.local_service``)::
 The API key comes from that environment variable, ``--api-key-file`` or ``--api-key`` (visible
 in ``ps``); without one the service accepts every request, and then binds only the loopback
 unless ``--allow-no-key`` says otherwise. An empty key is refused.
+
+``--forward-url`` has every request of every batch answered by a real-time OpenAI-compatible server
+(vLLM, Ollama, llama.cpp) instead of the built-in responder: your own model behind the Batch API.
+Its key, if it needs one, is named by ``--forward-api-key-env`` and read from the environment:
+never written on the command line.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import argparse
 import os
 from pathlib import Path
 
+from batch_pipelines.local_service.forwarding import DEFAULT_CONCURRENCY as DEFAULT_FORWARD_CONCURRENCY
+from batch_pipelines.local_service.forwarding import ForwardingResponder
 from batch_pipelines.profiles import PROFILES
 
 __all__ = ["API_KEY_ENV", "main"]
@@ -45,6 +52,20 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--api-key-file", type=Path, default=None, help="file holding the key clients must send")
     serve.add_argument(
         "--allow-no-key", action="store_true", help="serve beyond this machine without a key (refused otherwise)"
+    )
+    forward = serve.add_argument_group("forwarding to your own model server")
+    forward.add_argument(
+        "--forward-url", default=None, help="answer each request through this real-time OpenAI-compatible API root (http://127.0.0.1:8000/v1)"
+    )
+    forward.add_argument("--forward-model", default=None, help="model sent upstream in place of each request's")
+    forward.add_argument(
+        "--forward-concurrency",
+        type=int,
+        default=DEFAULT_FORWARD_CONCURRENCY,
+        help=f"requests in flight upstream at once (default {DEFAULT_FORWARD_CONCURRENCY})",
+    )
+    forward.add_argument(
+        "--forward-api-key-env", default=None, metavar="NAME", help="environment variable holding the upstream key (its name, not the key)"
     )
     serve.set_defaults(handler=_serve)
 
@@ -74,6 +95,23 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return key
 
 
+def _forwarding(args: argparse.Namespace) -> ForwardingResponder | None:
+    """The responder --forward-url asks for, or None; forwarding options without a URL are a mistake."""
+    if args.forward_url is None:
+        if args.forward_model is not None or args.forward_api_key_env is not None or args.forward_concurrency != DEFAULT_FORWARD_CONCURRENCY:
+            raise SystemExit("batch-pipelines serve: --forward-model, --forward-concurrency and --forward-api-key-env need --forward-url")
+        return None
+    try:
+        return ForwardingResponder(
+            args.forward_url,
+            model=args.forward_model,
+            concurrency=args.forward_concurrency,
+            api_key_env=args.forward_api_key_env,
+        )
+    except ValueError as exc:  # an unset key variable, a value that is not a variable's name: never echoed
+        raise SystemExit(f"batch-pipelines serve: {exc}") from None
+
+
 def _loopback(host: str) -> bool:
     import ipaddress
 
@@ -93,7 +131,10 @@ def _serve(args: argparse.Namespace) -> None:
     from batch_pipelines.local_service import BatchEngine, create_app
 
     api_key = _api_key(args)
-    engine = BatchEngine(args.data_dir, profile=args.profile, speed=args.speed, time_scale=args.time_scale)
+    forward = _forwarding(args)
+    engine = BatchEngine(args.data_dir, profile=args.profile, speed=args.speed, time_scale=args.time_scale, responder=forward)
+    if forward is not None:
+        forward.close()  # the engine records its spec; each batch's worker builds its own
     # Bind first so the printed URL carries the real port, also with --port 0.
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -107,6 +148,8 @@ def _serve(args: argparse.Namespace) -> None:
     print(f"local batch service ({args.profile}, {args.speed}) at http://{host}:{port}{version}", flush=True)
     if api_key is None:
         print("no API key set: every request is accepted", flush=True)
+    if forward is not None:
+        print(f"every request is answered by {args.forward_url}", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key=api_key), log_level="warning"))
     try:
         server.run(sockets=[sock])

@@ -35,11 +35,13 @@ __all__ = [
     "EXPIRES_AFTER_MIN_SECONDS",
     "custom_profile",
     "endpoint_problem",
+    "env_var_problem",
     "expires_after",
     "expires_after_problem",
     "get_profile",
     "resolve_profile",
     "metadata_problem",
+    "model_problem",
     "parse_window",
     "profile_from_json",
     "profile_to_json",
@@ -119,6 +121,8 @@ class ProviderProfile:
     one_model_per_file: bool = False
     #: model name -> body parameters that model rejects.
     forbidden_params: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: The only models its Batch API takes, where the provider documents them (None: any model).
+    models: tuple[str, ...] | None = None
     #: Batch-purpose files an organisation may hold at once (None: no documented quota).
     file_quota: int | None = None
     #: The ``purpose`` values its Files API accepts on upload (OpenAI's by default).
@@ -190,6 +194,8 @@ PROFILES: dict[str, ProviderProfile] = {
         default_window="24h",
         one_model_per_file=True,
         forbidden_params={"kimi-k2.5": _KIMI_FIXED_PARAMS, "kimi-k2.6": _KIMI_FIXED_PARAMS},
+        # "Batch API currently only supports the kimi-k2.5 model" (Moonshot's Batch API guide).
+        models=("kimi-k2.5",),
         file_quota=1000,
         upload_purposes=("batch", "image", "video"),
         batch_discount=0.4,
@@ -309,6 +315,13 @@ def endpoint_problem(profile: ProviderProfile, endpoint: Any) -> str | None:
     return f"{profile.name} batches accept endpoints {', '.join(profile.endpoints)}, not {endpoint!r}"
 
 
+def model_problem(profile: ProviderProfile, model: Any) -> str | None:
+    """Why ``profile``'s Batch API refuses ``model``, where it documents its models; else None."""
+    if profile.models is None or model in profile.models:
+        return None
+    return f"{profile.name}'s Batch API takes only the model {' or '.join(map(repr, profile.models))}, not {model!r}"
+
+
 def window_problem(profile: ProviderProfile, window: Any) -> str | None:
     """Why ``profile`` refuses ``completion_window``, or None."""
     if isinstance(window, str) and profile.window_allowed(window):
@@ -366,6 +379,23 @@ def metadata_problem(metadata: Any) -> str | None:
     return None
 
 
+_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def env_var_problem(name: Any, *, what: str = "api_key_env") -> str | None:
+    """Why ``name`` is not the name of an environment variable (an API key pasted in its place), or None.
+
+    The message never repeats the value: what is refused here is most likely a secret.
+    """
+    if isinstance(name, str) and _ENV_VAR_NAME.match(name):
+        return None
+    return (
+        f"{what} must name an environment variable (letters, digits and _, such as MOONSHOT_API_KEY); "
+        "the value given is not such a name and may be a key itself: put the key in the environment "
+        "and name its variable here (the value is not shown)"
+    )
+
+
 # ---- a profile as JSON: a local service worker in another process applies exactly these facts ---
 
 
@@ -384,5 +414,7 @@ def profile_from_json(data: Mapping[str, Any]) -> ProviderProfile:
         values["upload_purposes"] = tuple(values["upload_purposes"])
     if values.get("completion_windows") is not None:
         values["completion_windows"] = tuple(values["completion_windows"])
+    if values.get("models") is not None:
+        values["models"] = tuple(values["models"])
     values["forbidden_params"] = {m: frozenset(p) for m, p in values.get("forbidden_params", {}).items()}
     return ProviderProfile(**values)

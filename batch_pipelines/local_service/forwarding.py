@@ -19,8 +19,12 @@ import orjson
 
 from batch_pipelines.local_service.errors import error_body
 from batch_pipelines.local_service.responders import Reply
+from batch_pipelines.profiles import env_var_problem
 
-__all__ = ["ForwardingResponder"]
+__all__ = ["DEFAULT_CONCURRENCY", "ForwardingResponder"]
+
+#: Requests in flight at once upstream: what a small vLLM, Ollama or llama.cpp server takes in parallel.
+DEFAULT_CONCURRENCY = 4
 
 
 class ForwardingResponder:
@@ -37,12 +41,14 @@ class ForwardingResponder:
         base_url: str,
         *,
         api_key_env: str | None = None,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         timeout: float = 60.0,
         model: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if api_key_env is not None and (problem := env_var_problem(api_key_env, what="the forwarding api_key_env")):
+            raise ValueError(problem)
         self.spec = {
             "kind": "forward",
             "base_url": base_url,

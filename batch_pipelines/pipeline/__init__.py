@@ -11,6 +11,7 @@
 - :mod:`.resource` ``BatchProviderResource``: the provider behind a Dagster resource;
 - :mod:`.checks` the results' asset checks;
 - :mod:`.component` ``BatchPipelineComponent``: a pipeline in a ``defs.yaml``.
+- :mod:`.scaffold` what ``dg scaffold defs batch_pipelines.BatchPipelineComponent`` writes.
 """
 
 from batch_pipelines.pipeline.checks import FAILURE_RATE_CHECK, OUTPUT_VALID_CHECK, ROWS_CHECK

@@ -23,16 +23,23 @@ import paths, and ``provider`` optionally configures the
         provider: moonshot
         api_key_env: MOONSHOT_API_KEY
 
-The API key is named, never written: ``api_key_env`` becomes a ``dg.EnvVar``, read at run time
-(without it the profile's own variable, ``MOONSHOT_API_KEY`` here, is read). An ``api_key`` value
-in the YAML is refused, since it would be stored and shown as plain resource config.
+``provider`` takes :class:`~batch_pipelines.pipeline.resource.BatchProviderResource`'s settings
+(:class:`ProviderModel`, checked as the resource checks them); without it the pipeline runs on the
+embedded ``local`` provider. The API key is named, never written: ``api_key_env`` becomes a
+``dg.EnvVar``, read at run time (without it the profile's own variable, ``MOONSHOT_API_KEY`` here,
+is read). An ``api_key`` in the YAML, or a value of ``api_key_env`` that is not a variable's name
+(a key pasted there), is refused without being shown.
+
+``dg scaffold defs batch_pipelines.BatchPipelineComponent <path>`` writes a pipeline that runs as
+it is, on the local provider, over a small source asset beside it (see ``scaffold.py``).
 
 Note that ``{text}`` is the request's own template (``str.format`` over the row's columns), left
 alone by the component's ``{{ }}`` templating.
 """
 
+import functools
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import dagster as dg
@@ -44,15 +51,17 @@ from dagster.components.resolved.core_models import (
     WeeklyPartitionsDefinitionModel,
     resolve_partitions_def,
 )
-from pydantic import Field
+from pydantic import BaseModel, Field, create_model, model_validator
 
 from batch_pipelines.pipeline.factory import BatchPipeline, build_batch_pipeline
 from batch_pipelines.pipeline.options import DEFAULT_OPTIONS, PipelineOptions
 from batch_pipelines.pipeline.resource import BatchProviderResource
-from batch_pipelines.profiles import CHAT_COMPLETIONS
+from batch_pipelines.pipeline.scaffold import BatchPipelineScaffolder
+from batch_pipelines.profiles import CHAT_COMPLETIONS, CUSTOM, PROFILES, env_var_problem
+from batch_pipelines.providers import LOCAL
 from batch_pipelines.requests import MediaPart, RequestSpec
 
-__all__ = ["BatchPipelineComponent", "RequestModel"]
+__all__ = ["BatchPipelineComponent", "ProviderModel", "RequestModel"]
 
 
 class RequestModel(dg.Model):
@@ -82,14 +91,66 @@ class RequestModel(dg.Model):
         return RequestSpec(**fields)
 
 
-def _provider(settings: dict[str, Any]) -> BatchProviderResource:
-    fields = dict(settings)
-    if "api_key" in fields:
-        raise ValueError("provider.api_key: name the environment variable instead (api_key_env: MOONSHOT_API_KEY)")
-    key_env = fields.pop("api_key_env", None)
-    if key_env is not None:
-        fields["api_key"] = dg.EnvVar(key_env)
-    return BatchProviderResource(**fields)
+class _ProviderSettings(dg.Model):
+    """What every ProviderModel checks before its fields are read."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_never_written(cls, data: Any) -> Any:
+        # Not a ValueError: pydantic would make it a validation error quoting the block, key
+        # included, and Dagster's error (which shows inputs) would print it.
+        if isinstance(data, dict):
+            if "api_key" in data:
+                raise dg.DagsterInvalidDefinitionError(
+                    "provider.api_key: a key written in the YAML is refused; name its environment variable instead "
+                    "(api_key_env: MOONSHOT_API_KEY)"
+                )
+            if data.get("api_key_env") is not None and (problem := env_var_problem(data["api_key_env"], what="provider.api_key_env")):
+                raise dg.DagsterInvalidDefinitionError(problem)
+        return data
+
+    def to_resource(self) -> BatchProviderResource:
+        """The resource these settings make: the key's variable as a dg.EnvVar."""
+        fields = self.model_dump(exclude_unset=True)
+        key_env = fields.pop("api_key_env", None)
+        if key_env is not None:
+            fields["api_key"] = dg.EnvVar(key_env)
+        return BatchProviderResource(**fields)
+
+
+def _provider_model() -> type[_ProviderSettings]:
+    """BatchProviderResource's fields as YAML attributes: the resource stays the one home of their
+    defaults and descriptions; ``api_key`` gives way to ``api_key_env``, and the provider names are
+    the known ones, so a misspelt one is named by the schema."""
+    # Default and description only: Dagster takes no constraint (ge=...) in a plain nested model;
+    # the resource checks its bounds when it is made.
+    fields: dict[str, Any] = {
+        name: (info.annotation, Field(default=info.default, description=info.description))
+        for name, info in BatchProviderResource.model_fields.items()
+        if name != "api_key"
+    }
+    provider, local_profile = fields["provider"][1], fields["local_profile"][1]
+    fields["provider"] = (Literal[tuple(sorted({LOCAL, CUSTOM, *PROFILES}))], provider)  # type: ignore[valid-type]
+    fields["local_profile"] = (Literal[tuple(sorted(PROFILES))], local_profile)  # type: ignore[valid-type]
+    fields["api_key_env"] = (
+        str | None,
+        Field(default=None, description="The environment variable holding the API key (its name: MOONSHOT_API_KEY), read at run time."),
+    )
+    return create_model("ProviderModel", __base__=_ProviderSettings, __doc__="BatchProviderResource settings in YAML.", **fields)
+
+
+ProviderModel = _provider_model()
+
+
+def _render_provider(context: Any, block: _ProviderSettings) -> _ProviderSettings:
+    """The block with its ``{{ }}`` templates rendered (``base_url: "{{ env.GATEWAY_URL }}"``),
+    checked again: Dagster renders templates of plain nested models only through a resolver."""
+    rendered = context.resolve_value(block.model_dump(exclude_unset=True))
+    return type(block).model_validate(rendered)
+
+#: The resource of every component without a ``provider`` block: one object, so that several such
+#: components merge into one code location (Dagster refuses two objects under one resource key).
+_LOCAL_DEFAULT = BatchProviderResource()
 
 
 def _import_object(path: str, *, what: str) -> Any:
@@ -115,6 +176,7 @@ _PARTITIONS_MODELS = (
 )
 
 
+@dg.scaffold_with(BatchPipelineScaffolder)
 @dataclass
 class BatchPipelineComponent(dg.Component, dg.Resolvable):
     """A batch pipeline: request files, batches, a polling sensor and the results joined back to the rows.
@@ -134,7 +196,11 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable):
         dg.Resolver(resolve_partitions_def, model_field_type=_PARTITIONS_MODELS | None, description="The source's partitions."),
     ] = None
     #: BatchProviderResource settings, bound to resource_key; api_key_env names the key's variable.
-    provider: dict[str, Any] | None = None
+    #: Unset: the embedded local provider.
+    provider: Annotated[
+        ProviderModel,  # type: ignore[valid-type]
+        dg.Resolver(_render_provider, model_field_type=ProviderModel),
+    ] = field(default_factory=ProviderModel)
     # The pipeline's options (see PipelineOptions for what each does), in YAML's types.
     policy: Literal["fail", "quarantine"] = DEFAULT_OPTIONS.policy
     max_attempts: int = DEFAULT_OPTIONS.max_attempts
@@ -160,6 +226,10 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable):
     sensor_tick_budget_seconds: float = DEFAULT_OPTIONS.sensor_tick_budget_seconds
     sensor_default_status: Literal["running", "stopped"] = _STATUS_NAMES[DEFAULT_OPTIONS.sensor_default_status]
 
+    @classmethod
+    def model(cls) -> type[BaseModel]:
+        return _blocks_are_mappings(super().model())
+
     def options(self) -> PipelineOptions:
         """The pipeline options these attributes set."""
         values = {name: getattr(self, name) for name in PipelineOptions.names()}
@@ -177,7 +247,23 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable):
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        defs = self.build_pipeline().defs
-        if self.provider is None:
-            return defs
-        return dg.Definitions.merge(defs, dg.Definitions(resources={self.resource_key: _provider(self.provider)}))
+        resource = self.provider.to_resource() if self.provider.model_fields_set else _LOCAL_DEFAULT
+        return dg.Definitions.merge(self.build_pipeline().defs, dg.Definitions(resources={self.resource_key: resource}))
+
+
+@functools.cache
+def _blocks_are_mappings(derived: type[BaseModel]) -> type[BaseModel]:
+    """The component's attribute model, with ``request`` and ``provider`` mappings only.
+
+    Dagster lets every attribute be a ``{{ }}`` template string instead, which makes the schema of
+    ``request`` "a RequestModel or a string": a typo in it (``key_colum:``) then reads "is not
+    valid under any of the given schemas". These two blocks are always written out, so the string
+    is dropped: the schema (``dg check yaml``) and loading (``dg check defs``) name the misspelt
+    field. (For the same reason ``provider`` defaults to an empty block, the local provider,
+    rather than None.) Templates inside the blocks still work.
+    """
+    fields = {
+        "request": (RequestModel, derived.model_fields["request"]),
+        "provider": (ProviderModel, derived.model_fields["provider"]),
+    }
+    return create_model(derived.__name__, __base__=derived, **fields)

@@ -20,6 +20,10 @@ With no configuration it is the embedded ``local`` provider, keeping its data un
 the resource's repr, Dagster metadata or logs; when it is unset the profile's environment variable
 (``MOONSHOT_API_KEY``, ``OPENAI_API_KEY``..., on Gemini ``GEMINI_API_KEY`` or ``GOOGLE_API_KEY``)
 is read when a provider is made, at run time.
+
+The ``forward_*`` settings have the local provider answer every request through a real-time
+OpenAI-compatible server of your own (vLLM, Ollama, llama.cpp): the same pipeline, outcomes,
+retries and checks, on your model. Its key's variable must be set wherever a provider is made.
 """
 
 from __future__ import annotations
@@ -30,16 +34,24 @@ from typing import Literal
 
 import dagster as dg
 import httpx
-from pydantic import Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from batch_pipelines.profiles import (
     EXPIRES_AFTER_MAX_SECONDS,
     EXPIRES_AFTER_MIN_SECONDS,
     ProviderProfile,
+    env_var_problem,
     get_profile,
     resolve_profile,
 )
-from batch_pipelines.providers import LOCAL, Batch, BatchProvider, make_provider
+from batch_pipelines.providers import (
+    DEFAULT_FORWARD_CONCURRENCY,
+    LOCAL,
+    Batch,
+    BatchProvider,
+    ForwardingResponder,
+    make_provider,
+)
 from batch_pipelines.results import Prices, table_prices
 from batch_pipelines.submission import RecordedBatches, cancel_partition_batches
 
@@ -52,6 +64,10 @@ class BatchProviderResource(dg.ConfigurableResource):
     ``get_provider()`` returns a :class:`~batch_pipelines.providers.BatchProvider`; use it as a
     context manager so its connections are released.
     """
+
+    # A misspelt setting (input_price=) is refused rather than silently left at its default; a
+    # refused value is never echoed in the error, since it may be a key.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     provider: str = Field(
         default=LOCAL,
@@ -93,6 +109,26 @@ class BatchProviderResource(dg.ConfigurableResource):
     )
     local_speed: Literal["instant", "realistic"] = Field(
         default="instant", description="'instant' for tests, 'realistic' to watch a batch progress in the UI."
+    )
+    forward_url: str | None = Field(
+        default=None,
+        description=(
+            "Local provider only: answer each request through this real-time OpenAI-compatible server's API root "
+            "(vLLM, Ollama, llama.cpp: 'http://127.0.0.1:8000/v1') instead of the built-in responder."
+        ),
+    )
+    forward_model: str | None = Field(
+        default=None, description="Local provider only, with forward_url: the model sent upstream in place of the request's."
+    )
+    forward_concurrency: int = Field(
+        default=DEFAULT_FORWARD_CONCURRENCY, ge=1, description="Local provider only, with forward_url: requests in flight upstream at once."
+    )
+    forward_api_key_env: str | None = Field(
+        default=None,
+        description=(
+            "Local provider only, with forward_url: the environment variable holding the upstream server's key "
+            "(its name, never the key); unset: no key is sent."
+        ),
     )
     storage_dir: str | None = Field(
         default=None,
@@ -162,6 +198,24 @@ class BatchProviderResource(dg.ConfigurableResource):
         ),
     )
 
+    @field_validator("forward_api_key_env")
+    @classmethod
+    def _an_env_var_name(cls, name: str | None) -> str | None:
+        if name is not None and (problem := env_var_problem(name, what="forward_api_key_env")):
+            raise ValueError(problem)
+        return name
+
+    @model_validator(mode="after")
+    def _forwarding_is_local(self) -> BatchProviderResource:
+        if self.forward_url is not None and self.provider != LOCAL:
+            raise ValueError(f"forward_url applies to the local provider only, not to {self.provider!r}")
+        # By value, not by the fields set: Dagster rebuilds a resource from its full config.
+        defaults = type(self).model_fields
+        stray = [name for name in _FORWARD_OPTIONS if getattr(self, name) != defaults[name].default]
+        if stray and self.forward_url is None:
+            raise ValueError(f"{', '.join(stray)}: no effect without forward_url (the server requests are forwarded to)")
+        return self
+
     # Where the tags of batches at a provider without metadata are recorded (the storage root of
     # the instance the resource was set up with): every run worker of the deployment sees them.
     _records_root: Path | None = PrivateAttr(default=None)
@@ -184,7 +238,7 @@ class BatchProviderResource(dg.ConfigurableResource):
         tags are recorded in the storage (see :class:`~batch_pipelines.submission.RecordedBatches`).
         """
         if self.provider == LOCAL:
-            provider = make_provider(LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, speed=self.local_speed)
+            provider = self._local_provider()
         else:
             timeout = httpx.Timeout(self.request_timeout_seconds, connect=min(10.0, self.request_timeout_seconds))
             provider = make_provider(self.profile, api_key=self.api_key, base_url=self.base_url, timeout=timeout)
@@ -192,6 +246,25 @@ class BatchProviderResource(dg.ConfigurableResource):
         if provider.profile.supports_metadata or root is None:
             return provider
         return RecordedBatches(provider, root / "_batch_records")
+
+    def _local_provider(self) -> BatchProvider:
+        if self.forward_url is None:
+            return make_provider(LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, speed=self.local_speed)
+        # Built here so that an unset key variable fails now, in the run, not in the worker; the
+        # engine records only its spec (URL, model, concurrency, the variable's name) and each
+        # batch's worker builds its own, so this one is closed at once.
+        forward = ForwardingResponder(
+            self.forward_url,
+            model=self.forward_model,
+            concurrency=self.forward_concurrency,
+            api_key_env=self.forward_api_key_env,
+        )
+        try:
+            return make_provider(
+                LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, speed=self.local_speed, responder=forward
+            )
+        finally:
+            forward.close()
 
     @property
     def delete_files(self) -> bool:
@@ -239,3 +312,7 @@ class BatchProviderResource(dg.ConfigurableResource):
         """
         with self.get_provider() as provider:
             return cancel_partition_batches(provider, pipeline, partitions)
+
+
+#: The settings that shape forwarding, meaningless without ``forward_url``.
+_FORWARD_OPTIONS = ("forward_model", "forward_concurrency", "forward_api_key_env")

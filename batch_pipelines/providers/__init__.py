@@ -50,7 +50,13 @@ from batch_pipelines.providers.errors import (
 )
 from batch_pipelines.providers.http import DEFAULT_TIMEOUT
 from batch_pipelines.providers.retry_policy import RetryPolicy
-from batch_pipelines.providers.local import LOCAL, LocalProvider, default_local_dir
+from batch_pipelines.providers.local import (
+    DEFAULT_FORWARD_CONCURRENCY,
+    LOCAL,
+    ForwardingResponder,
+    LocalProvider,
+    default_local_dir,
+)
 from batch_pipelines.providers.local_anthropic import local_anthropic_provider
 from batch_pipelines.providers.local_gemini import local_gemini_provider
 from batch_pipelines.providers.openai_compatible import OpenAICompatibleProvider, parse_batch, parse_file
@@ -72,8 +78,10 @@ __all__ = [
     "BatchUsage",
     "CLOCK_SKEW_SECONDS",
     "ConflictError",
+    "DEFAULT_FORWARD_CONCURRENCY",
     "DEFAULT_TIMEOUT",
     "FileObject",
+    "ForwardingResponder",
     "GeminiProvider",
     "InternalServerError",
     "LOCAL",

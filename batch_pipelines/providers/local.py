@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from batch_pipelines.local_service.engine import BatchEngine, ServiceError, Speed, WorkerMode
 from batch_pipelines.local_service.faults import FaultPlan
+from batch_pipelines.local_service.forwarding import DEFAULT_CONCURRENCY as DEFAULT_FORWARD_CONCURRENCY
+from batch_pipelines.local_service.forwarding import ForwardingResponder
 from batch_pipelines.local_service.responders import Responder
 from batch_pipelines.profiles import ProviderProfile
 from batch_pipelines.providers.base import BatchProvider
@@ -24,7 +26,7 @@ from batch_pipelines.providers.errors import APIStatusError, NotFoundError, stat
 from batch_pipelines.providers.http import write_atomically
 from batch_pipelines.providers.openai_compatible import batch_create_body, iter_batches, parse_batch, parse_file, upload_expiry
 
-__all__ = ["LOCAL", "LocalProvider", "default_local_dir", "engine_call"]
+__all__ = ["DEFAULT_FORWARD_CONCURRENCY", "LOCAL", "ForwardingResponder", "LocalProvider", "default_local_dir", "engine_call"]
 
 #: The name ``make_provider`` knows the local provider by.
 LOCAL = "local"

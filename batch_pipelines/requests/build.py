@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_pipelines.profiles import EMBEDDINGS, ProviderProfile
+from batch_pipelines.profiles import EMBEDDINGS, ProviderProfile, model_problem
 from batch_pipelines.requests.custom_ids import CustomIds, row_custom_ids
 from batch_pipelines.requests.function_lines import FunctionLines
 from batch_pipelines.requests.manifest import IDS_NAME, MANIFEST_NAME, RequestManifest
@@ -183,6 +183,8 @@ def _check_input(
         if column is not None and column not in df.columns:
             message = f"column {column!r} is not in the DataFrame (columns: {list(df.columns)[:20]})"
             problems.append(Problem(code="missing_column", message=message, column=column))
+    if (unsupported := model_problem(profile, spec.model)) is not None:
+        problems.append(Problem(code="model_not_supported", message=unsupported))
     forbidden = sorted(profile.forbidden_for(spec.model) & set(spec.body))
     if forbidden:
         message = f"{profile.name} rejects {forbidden} for model {spec.model!r}: remove them from body"

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batch_pipelines.profiles import EMBEDDINGS, MESSAGES, ProviderProfile
+from batch_pipelines.profiles import EMBEDDINGS, MESSAGES, ProviderProfile, model_problem
 from batch_pipelines.requests.custom_ids import CustomIds
 from batch_pipelines.requests.json_text import lines_of_bytes
 from batch_pipelines.requests.row_report import RowReport
@@ -75,6 +75,8 @@ class FunctionLines:
         if self.profile.one_model_per_file and model != self.spec.model:
             message = f"model {model!r} is not the spec's {self.spec.model!r}; {self.profile.name} takes one model per file"
             raise CellError("model_mismatch", message)
+        if (unsupported := model_problem(self.profile, model)) is not None:
+            raise CellError("model_not_supported", unsupported)
         forbidden = sorted(self.profile.forbidden_for(str(model)) & set(body))
         if forbidden:
             raise CellError("forbidden_param", f"{self.profile.name} rejects {forbidden} for model {model!r}")

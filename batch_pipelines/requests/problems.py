@@ -11,11 +11,13 @@ from pydantic import BaseModel, ConfigDict
 from batch_pipelines.requests.values import plain_key
 
 ProblemCode = Literal[
-    # the input as a whole is unusable: raised under either policy
+    # the input as a whole is unusable: raised under either policy (model_not_supported may be one row:
+    # its build_body named a model the provider does not take)
     "empty_input",
     "endpoint_not_allowed",
     "missing_column",
     "forbidden_param",
+    "model_not_supported",
     "unserializable_body",
     "missing_uploader",
     # one row is unusable
