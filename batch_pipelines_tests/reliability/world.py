@@ -275,7 +275,8 @@ class World:
 
     def measure(self) -> Measured:
         h = self.harness
-        rows_in = accounted = wrong = checked = answered_rows = 0
+        rows_in = accounted = wrong = 0
+        answered_batches: set[str] = set()
         outcomes: Counter[str] = Counter()
         sent = sent_fingerprints(self.service)
         done = h.materialized_results()
@@ -296,8 +297,7 @@ class World:
                 for batch_id, cid, fp in zip(succeeded["batch_id"], succeeded["custom_id"], succeeded["request_fingerprint"])
             ]
             wrong += sum(found is not None and found != fp for found, fp in went)
-            checked += sum(found is not None for found, _ in went)
-            answered_rows += len(went)
+            answered_batches.update(self.profile.service_batch_id(str(b)) for b in succeeded["batch_id"])
         batches = self.batches()
         if self.profile.batch_metadata or self.profile.tags is not None:
             tags = self.batch_tags()
@@ -314,9 +314,10 @@ class World:
             failed_runs=self.failed_runs,
             wrong_answers=wrong,
         )
-        if answered_rows and not checked:
-            # The check must see what was sent: no answer found among the service's requests means it sees nothing.
-            return replace(measured, problem=f"no answer of {answered_rows} matched a request the service was sent")
+        sent_batches = {batch_id for batch_id, _ in sent}
+        if sent_batches and answered_batches and not sent_batches & answered_batches:
+            # The service kept what it was sent, yet no answering batch is among it: the check compares nothing.
+            return replace(measured, problem=f"no answering batch {sorted(answered_batches)[:3]} is one the service knows")
         return measured
 
 
