@@ -7,6 +7,7 @@
 - :mod:`.blocking` runs that poll their own batches;
 - :mod:`.ledger` the event-log records: batches submitted, rounds, control observations;
 - :mod:`.sensor` the sensor polling every in-flight batch;
+- :mod:`.sensor_state` what it keeps between ticks: a small cursor, the batches in the instance;
 - :mod:`.metadata` previews for the asset pages;
 - :mod:`.resource` ``BatchProviderResource``: the provider behind a Dagster resource;
 - :mod:`.checks` the results' asset checks;

@@ -2,25 +2,26 @@
 
 Batches take hours, so no run waits for them. The sensor reads the rounds the ledger records
 (:mod:`batch_pipelines.pipeline.ledger`) from the storage ids kept in its cursor, so a tick costs
-two bounded event-log queries however many partitions are in flight. It tracks the batches of each
-round's latest attempt, polls the due ones concurrently within a time budget (least recently
-polled first, the rest carried to the next tick), records progress as observations on
-``<name>_batch`` (:mod:`batch_pipelines.pipeline.progress`), and when every batch of the attempt
-is terminal materializes ``<name>_batch`` (once per round) and requests one ``<name>_results``
-run, unless the partition's results were joined from these batches already (a re-attached
-round, a first tick over an old history). A batch whose poll fails stays in flight with a growing delay; it never stops the
-others. A batch the provider refused because its token queue was full holds its partition's
-results run back by the resource's ``resubmit_delay``: that run submits the shard again, and the
-queue has had time to drain.
+two bounded event-log queries however many partitions are in flight. It tracks the batches of
+each round's latest attempt in the instance's key-value store, not in its cursor
+(:mod:`batch_pipelines.pipeline.sensor_state`: the cursor stays under a hundred bytes), polls
+the due ones concurrently within a time budget (least recently polled first, the rest carried to
+the next tick), records progress as observations on ``<name>_batch``
+(:mod:`batch_pipelines.pipeline.progress`), and when every batch of the attempt is terminal
+materializes ``<name>_batch`` (once per round) and requests one ``<name>_results`` run, unless
+the partition's results were joined from these batches already (a re-attached round, a first
+tick over an old history). A batch whose poll fails stays in flight with a growing delay; it
+never stops the others. A batch the provider refused because its token queue was full holds its
+partition's results run back by the resource's ``resubmit_delay``: that run submits the shard
+again, and the queue has had time to drain.
 """
 
 import hashlib
+import secrets
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import dagster as dg
-from pydantic import BaseModel, Field, ValidationError
 
 from batch_pipelines.pipeline.ledger import (
     ATTEMPT_RUN_TAG,
@@ -36,73 +37,15 @@ from batch_pipelines.pipeline.ledger import (
     round_finished,
 )
 from batch_pipelines.pipeline.options import DEFAULT_OPTIONS
-from batch_pipelines.pipeline.progress import BatchState, ended_at, finished_metadata, in_flight_metadata, progress_metadata, started_at, usage_of
+from batch_pipelines.pipeline.progress import ended_at, finished_metadata, in_flight_metadata, progress_metadata, started_at, usage_of
 from batch_pipelines.pipeline.resource import BatchProviderResource
+from batch_pipelines.pipeline.sensor_state import Cursor, Group, SensorState, Tracked
 from batch_pipelines.providers import TERMINAL_STATUSES, Batch, poll_batches
 from batch_pipelines.submission import RESUBMIT_TAG, SubmittedBatch, partition_tag
 
 __all__ = ["build_batch_sensor"]
 
 _TERMINAL = frozenset(str(s) for s in TERMINAL_STATUSES)
-
-
-class _Tracked(BaseModel):
-    """A batch in flight, as the cursor remembers it."""
-
-    id: str
-    status: str = "validating"
-    completed: int = 0
-    failed: int = 0
-    total: int = 0
-    #: time.time() when first seen (for the growing poll delay), last polled, next due.
-    seen_at: float
-    polled_at: float = 0.0
-    due_at: float = 0.0
-    #: Consecutive polls that raised.
-    errors: int = 0
-    #: time.time() before which the results run waits (a refusal for a full queue is resubmitted then).
-    hold_until: float = 0.0
-    #: When the provider started running it (for the expected finish) and when it ended.
-    started_at: float | None = None
-    ended_at: float | None = None
-    #: What the provider reports of its model, and of its usage once it ended.
-    model: str | None = None
-    usage: dict[str, Any] | None = None
-
-    def state(self) -> BatchState:
-        return BatchState(
-            self.id, self.status, self.completed, self.failed, self.total, self.started_at or self.seen_at, self.ended_at,
-            self.model, self.usage,
-        )  # fmt: skip
-
-
-class _Group(BaseModel):
-    """The batches of one attempt of one partition's round."""
-
-    partition: str | None
-    round: int
-    attempt: int
-    batches: list[_Tracked]
-
-    @property
-    def done(self) -> bool:
-        return all(b.status in _TERMINAL for b in self.batches)
-
-
-class _Cursor(BaseModel):
-    #: Storage ids of the last ``<name>_batch`` and ``<name>_results`` observations read.
-    after_batch: int | None = None
-    after_control: int | None = None
-    groups: list[_Group] = Field(default_factory=list)
-
-    @classmethod
-    def load(cls, raw: str | None) -> "_Cursor":
-        if not raw:
-            return cls()
-        try:
-            return cls.model_validate_json(raw)
-        except ValidationError as exc:
-            raise ValueError(f"unreadable batch sensor cursor (reset it from the UI to start over): {exc}") from None
 
 
 def build_batch_sensor(
@@ -134,11 +77,17 @@ def build_batch_sensor(
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         resource = getattr(context.resources, resource_key)
         started = time.monotonic()
-        cursor = _Cursor.load(context.cursor)
-        _read_new_rounds(context.instance, cursor, batch_key, results_key)
+        cursor = Cursor.load(context.cursor)
+        # No cursor: a first tick, or a reset from the UI; either way the event log is read from the start.
+        state = SensorState.load(context.instance, batch_key, fresh=context.cursor is None)
+        for old in cursor.groups:  # a cursor written before the state moved out of it
+            state.open(old)
+        report_again = state.settle(cursor.tick)
+        _read_new_rounds(context.instance, cursor, state, batch_key, results_key)
+        groups = list(state.groups.values())
 
         now = time.time()
-        tracked = {b.id: b for g in cursor.groups for b in g.batches if b.status not in _TERMINAL}
+        tracked = {b.id: b for g in groups for b in g.batches if b.status not in _TERMINAL}
         due = sorted((b for b in tracked.values() if b.due_at <= now), key=lambda b: b.polled_at)
         changed: set[str] = set()
         links: dict[str, str] = {}
@@ -168,20 +117,21 @@ def build_batch_sensor(
             if carried:
                 context.log.info(f"{carried} of {len(due)} due batches not polled within {tick_budget_seconds}s; polled first next tick")
 
+        # What this tick reports on a group waits, under this token, for a stored cursor to carry it.
+        token = secrets.token_hex(6)
         events: list[dg.AssetObservation | dg.AssetMaterialization] = []
         runs: list[dg.RunRequest] = []
-        remaining: list[_Group] = []
-        for group in cursor.groups:
+        for group in groups:
             states = [b.state() for b in group.batches]
             mine = {b.id: links[b.id] for b in group.batches if b.id in links}
-            if any(b.id in changed for b in group.batches):
+            if group.partition in report_again or any(b.id in changed for b in group.batches):
                 events.append(
                     dg.AssetObservation(
                         asset_key=batch_key, partition=group.partition, metadata=progress_metadata(states, attempt=group.attempt, links=mine, now=now)
                     )
                 )
+                group.pending = token
             if not group.done or max((b.hold_until for b in group.batches), default=0.0) > now:
-                remaining.append(group)
                 continue
             if not round_finished(context.instance, batch_key, group.partition, group.round):
                 events.append(
@@ -194,16 +144,25 @@ def build_batch_sensor(
                 context.log.info(f"{partition_tag(group.partition)}: results already joined from batches {ids}; no results run")
             else:
                 runs.append(_results_run(name, results_key, group))
-        if changed:
-            events.append(dg.AssetObservation(asset_key=batch_key, metadata=in_flight_metadata([[b.state() for b in g.batches] for g in cursor.groups])))
-        cursor.groups = remaining
-        return dg.SensorResult(run_requests=runs, asset_events=events, cursor=cursor.model_dump_json(exclude_defaults=True))
+            group.pending, group.handed_off = token, True
+        if changed or report_again:
+            events.append(dg.AssetObservation(asset_key=batch_key, metadata=in_flight_metadata([[b.state() for b in g.batches] for g in groups])))
+        state.save()
+        if any(g.pending == token for g in groups):
+            cursor.tick = token
+        return dg.SensorResult(run_requests=runs, asset_events=events, cursor=cursor.dump())
 
     return _sensor
 
 
-def _read_new_rounds(instance: dg.DagsterInstance, cursor: _Cursor, batch_key: dg.AssetKey, results_key: dg.AssetKey) -> None:
-    """Add the batches recorded since the cursor's storage ids (one page of each stream per tick)."""
+def _read_new_rounds(
+    instance: dg.DagsterInstance, cursor: Cursor, state: SensorState, batch_key: dg.AssetKey, results_key: dg.AssetKey
+) -> None:
+    """Track the batches recorded since the cursor's storage ids (one page of each stream per tick).
+
+    A record read again (after a lost tick or a reset) leaves the partition's group as it is when
+    that group is as new or newer.
+    """
     now = time.time()
     observed = instance.fetch_observations(
         dg.AssetRecordsFilter(batch_key, after_storage_id=cursor.after_batch), limit=PAGE, ascending=True
@@ -213,10 +172,8 @@ def _read_new_rounds(instance: dg.DagsterInstance, cursor: _Cursor, batch_key: d
         metadata = record.asset_observation.metadata  # type: ignore[union-attr]
         if not is_submission(metadata):
             continue  # progress this sensor observed
-        # A new submission opens a new round: the partition's older groups are superseded.
-        partition = record.partition_key
-        cursor.groups = [g for g in cursor.groups if g.partition != partition]
-        cursor.groups.append(_group(partition, record.storage_id, 1, read_batches(metadata), now))
+        # A new submission opens a new round: it supersedes the partition's older group.
+        state.open(_group(record.partition_key, record.storage_id, 1, read_batches(metadata), now))
 
     controls = instance.fetch_observations(
         dg.AssetRecordsFilter(results_key, after_storage_id=cursor.after_control), limit=PAGE, ascending=True
@@ -227,26 +184,23 @@ def _read_new_rounds(instance: dg.DagsterInstance, cursor: _Cursor, batch_key: d
         round_id = metadata_int(metadata.get(ROUND_KEY))
         if metadata_text(metadata.get(CONTROL_KEY)) != "retry" or round_id is None:
             continue
-        partition = record.partition_key
-        if any(g.partition == partition and g.round > round_id for g in cursor.groups):
-            continue  # a newer round of this partition started since
         batches = read_batches(metadata)
         attempt = max((b.attempt for b in batches), default=1)
-        cursor.groups = [g for g in cursor.groups if not (g.partition == partition and g.round == round_id and g.attempt >= attempt)]
-        cursor.groups.append(_group(partition, round_id, attempt, batches, now))
+        # A retry (or resubmission) of the round: unless a newer round of the partition started since.
+        state.open(_group(record.partition_key, round_id, attempt, batches, now))
 
 
-def _group(partition: str | None, round_id: int, attempt: int, batches: Sequence[SubmittedBatch], now: float) -> _Group:
-    return _Group(
+def _group(partition: str | None, round_id: int, attempt: int, batches: Sequence[SubmittedBatch], now: float) -> Group:
+    return Group(
         partition=partition,
         round=round_id,
         attempt=attempt,
-        batches=[_Tracked(id=b.batch_id, seen_at=now) for b in batches],
+        batches=[Tracked(id=b.batch_id, seen_at=now) for b in batches],
     )
 
 
-def _update(entry: _Tracked, batch: Batch) -> bool:
-    """Copy a polled batch's state into the cursor entry; whether anything changed."""
+def _update(entry: Tracked, batch: Batch) -> bool:
+    """Copy a polled batch's state into its entry; whether anything changed."""
     before = (entry.status, entry.completed, entry.failed, entry.total)
     counts = batch.request_counts
     entry.status, entry.completed, entry.failed, entry.total = str(batch.status), counts.completed, counts.failed, counts.total
@@ -257,7 +211,7 @@ def _update(entry: _Tracked, batch: Batch) -> bool:
 
 
 def _hold_if_refused(
-    context: dg.SensorEvaluationContext, resource: BatchProviderResource, entry: _Tracked, batch: Batch, now: float
+    context: dg.SensorEvaluationContext, resource: BatchProviderResource, entry: Tracked, batch: Batch, now: float
 ) -> None:
     """A batch refused for a full queue, to be submitted again: wait a while before the results run does."""
     refusals = int(batch.metadata.get(RESUBMIT_TAG, "0")) + 1
@@ -267,7 +221,7 @@ def _hold_if_refused(
         context.log.warning(f"batch {batch.id} refused: the provider's queue is full; its shard goes again in {delay:.0f}s")
 
 
-def _results_run(name: str, results_key: dg.AssetKey, group: _Group) -> dg.RunRequest:
+def _results_run(name: str, results_key: dg.AssetKey, group: Group) -> dg.RunRequest:
     ids = hashlib.sha256(",".join(sorted(b.id for b in group.batches)).encode()).hexdigest()[:12]
     return dg.RunRequest(
         run_key=f"{name}:{partition_tag(group.partition)}:round{group.round}:attempt{group.attempt}:{ids}",

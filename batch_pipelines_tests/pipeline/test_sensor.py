@@ -9,7 +9,7 @@ from batch_pipelines import make_provider
 from batch_pipelines.local_service import FaultPlan, HttpFault
 from batch_pipelines.pipeline.ledger import BATCHES_KEY, batches_metadata
 from batch_pipelines.submission import SubmittedBatch
-from batch_pipelines_tests.support.driver import DAYS
+from batch_pipelines_tests.support.driver import DAYS, Harness
 from batch_pipelines_tests.support.service import LocalService
 from batch_pipelines_tests.support.waiting import wait_for_batch
 
@@ -36,8 +36,8 @@ def record(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, batch
     )
 
 
-def polled(cursor: str) -> dict[str, float]:
-    return {b["id"]: b.get("polled_at", 0.0) for g in json.loads(cursor)["groups"] for b in g["batches"]}
+def polled(h: Harness) -> dict[str, float]:
+    return {b.id: b.polled_at for g in h.tracked() for b in g.batches}
 
 
 def test_budget_carries_batches_over_and_a_failing_batch_does_not_stop_the_others(harness, service, tmp_path):
@@ -50,12 +50,12 @@ def test_budget_carries_batches_over_and_a_failing_batch_does_not_stop_the_other
     # Every retrieve now takes 0.5 s: two at a time, a 2 s budget polls at most six of seven.
     service.set_faults(FaultPlan(http_faults=(HttpFault(route="/v1/batches/batch_*", method="GET", status=None, times=None, delay=0.5),)))
 
-    first = h.tick()
-    after_first = polled(first.cursor)
+    h.tick()
+    after_first = polled(h)
     done_first = {i for i, t in after_first.items() if t}
     assert 0 < len(done_first) < 7
-    second = h.tick()
-    after_second = polled(second.cursor)
+    h.tick()
+    after_second = polled(h)
     # The least recently polled go first: the second tick started with those the first left.
     carried = set(after_first) - done_first
     assert carried & {i for i, t in after_second.items() if t}
@@ -65,10 +65,9 @@ def test_budget_carries_batches_over_and_a_failing_batch_does_not_stop_the_other
             break
         h.tick()
     assert sorted(r.partition_key for r in h.requested) == days[:5]
-    state = json.loads(h.cursor)
-    [stuck] = state["groups"]
-    assert stuck["partition"] == days[5]
-    assert {b["id"]: b.get("errors", 0) > 0 for b in stuck["batches"]} == {ids[5]: False, _UNKNOWN: True}
+    [stuck] = h.tracked()
+    assert stuck.partition == days[5]
+    assert {b.id: b.errors > 0 for b in stuck.batches} == {ids[5]: False, _UNKNOWN: True}
 
 
 def test_a_new_materialization_supersedes_the_partition_round(harness, service, tmp_path):
@@ -82,7 +81,7 @@ def test_a_new_materialization_supersedes_the_partition_round(harness, service, 
 
     [request] = tick.run_requests
     assert request.partition_key == DAYS.get_partition_keys()[0]
-    assert json.loads(tick.cursor).get("groups", []) == []
+    assert h.tracked() == []
     # Progress was recorded for the partition; its batches ended: the batch asset is materialized.
     progress, done, in_flight = tick.asset_events
     assert progress.partition == done.partition == DAYS.get_partition_keys()[0] and in_flight.partition is None

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from batch_pipelines import BatchPipeline, BatchProviderResource, RequestSpec, build_batch_pipeline
 from batch_pipelines.pipeline.ledger import is_submission
+from batch_pipelines.pipeline.sensor_state import Group, SensorState
 from batch_pipelines_tests.support.waiting import wait_until
 
 #: The tag Dagster gives a run launched for a run request with a run key.
@@ -178,6 +179,11 @@ class Harness:
             return False
 
         wait_until(done)
+
+    def tracked(self) -> list[Group]:
+        """The groups the sensor still polls or holds back, as the instance stores them (not those handed off)."""
+        groups = SensorState.load(self.instance, self.pipeline.batch_asset.key).groups.values()
+        return [g for g in groups if not g.handed_off]
 
     def materialized_results(self) -> set[str]:
         key = self.pipeline.results_asset.key
