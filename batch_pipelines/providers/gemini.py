@@ -17,7 +17,7 @@ The shape differs from OpenAI's in four ways, and the interface hides all four:
   create whose answer was lost, or a crash between the accept and the record, finds the batch
   again by its tags (a list, as for OpenAI-style providers) instead of paying twice.
 - Long-running operations: ``{name: batches/ID, metadata: {state, batchStats, output...}, done}``,
-  normalized by :func:`parse_operation`; ``batches/`` is dropped from the id (it names files).
+  normalized by :func:`~batch_pipelines.providers.gemini_wire.parse_operation`; ``batches/`` is dropped from the id (it names files).
 
 The key comes from ``GEMINI_API_KEY``, else ``GOOGLE_API_KEY``, and is sent as
 ``x-goog-api-key``. The calls go through :class:`GeminiApi`: over HTTP here, or into the local
@@ -30,30 +30,26 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import orjson
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
-from batch_pipelines.profiles import GENERATE_CONTENT, ProviderProfile, endpoint_problem, get_profile, window_problem
+from batch_pipelines.profiles import ProviderProfile, endpoint_problem, get_profile, window_problem
 from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider, created_since
 from batch_pipelines.providers.errors import APIResponseValidationError, NotFoundError, ProviderError
 from batch_pipelines.providers.http import DEFAULT_TIMEOUT, HttpTransport, profile_transport, write_atomically
 from batch_pipelines.providers.retry_policy import RetryPolicy
-from batch_pipelines.providers.types import Batch, BatchError, BatchStatus, FileObject, RequestCounts, ResultFiles
+from batch_pipelines.providers.gemini_wire import display_name, inline_item, keyed_answer, keyed_requests, parse_operation
+from batch_pipelines.providers.types import Batch, FileObject, ResultFiles, rfc3339_epoch
 
 __all__ = [
     "GeminiApi",
     "GeminiProvider",
     "UPLOAD_CHUNK_BYTES",
-    "display_name",
-    "parse_operation",
-    "tags_of",
 ]
 
 #: The resumable upload's chunk: the SDK's 8 MiB.
@@ -236,7 +232,7 @@ class GeminiProvider(BatchProvider):
             model, size = keyed_requests(path, keyed, self.profile)
             if size <= (self.profile.max_inline_bytes or 0):
                 with keyed.open("rb") as fh:
-                    items = b",".join(_inline_item(raw) for raw in fh)
+                    items = b",".join(inline_item(raw) for raw in fh)
                 body = b'{"batch":{"displayName":' + orjson.dumps(name) + b',"inputConfig":{"requests":{"requests":['
                 body += items + b"]}}}}"
             else:
@@ -266,7 +262,7 @@ class GeminiProvider(BatchProvider):
                 output = (self._api.retrieve(_batch_name(batch.id)).get("metadata") or {}).get("output") or {}
                 answers = (output.get("inlinedResponses") or {}).get("inlinedResponses")
                 if answers is not None:
-                    write_atomically(path, (_keyed_answer(answer) for answer in answers))
+                    write_atomically(path, (keyed_answer(answer) for answer in answers))
         return ResultFiles(batch_id=batch.id, output_path=path if path.exists() else None, error_path=None)
 
     def delete_batch(self, batch_id: str) -> None:
@@ -308,7 +304,7 @@ class GeminiProvider(BatchProvider):
         """Upload a JSONL file of ``{"key", "request"}`` lines (resumable, in chunks)."""
         file = self._api.upload(Path(path), display_name=Path(path).name)
         return FileObject(id=file["name"], bytes=int(file.get("sizeBytes") or 0), filename=file.get("displayName"), purpose=purpose,
-                          created_at=_epoch(file.get("createTime")), raw=file)  # fmt: skip
+                          created_at=rfc3339_epoch(file.get("createTime")), raw=file)  # fmt: skip
 
     def create_batch(
         self,
@@ -330,127 +326,6 @@ class GeminiProvider(BatchProvider):
             pass  # already gone: the outcome the caller wanted
 
 
-# ---- shard -> requests ---------------------------------------------------------------------------
-
-
-def keyed_requests(path: Path, dest: Path, profile: ProviderProfile) -> tuple[str, int]:
-    """A shard's lines as Gemini's ``{"key", "request"}`` lines in ``dest`` (the model out of every
-    request): (the one model, the bytes written). ValueError naming the line, before anything is
-    sent, for a line that is no request, a second model, or a file over the profile's limit."""
-    model: str | None = None
-    size = count = 0
-    with path.open("rb") as src, dest.open("wb") as out:
-        for n, raw in enumerate(src, 1):
-            if not raw.strip():
-                continue
-            try:
-                line = orjson.loads(raw)
-                key, body = line["custom_id"], dict(line["body"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path.name} line {n} is not a request line ({exc})") from None
-            line_model = body.pop("model", None)
-            if not isinstance(line_model, str) or not line_model:
-                raise ValueError(f"{path.name} line {n} names no model (body.model)")
-            if model is None:
-                model = line_model
-            elif line_model != model:
-                raise ValueError(f"{path.name} line {n}: model {line_model!r} is not the batch's {model!r}; {profile.name} takes one model per batch")
-            item = orjson.dumps({"key": key, "request": body}) + b"\n"
-            size += len(item)
-            count += 1
-            out.write(item)
-    if model is None:
-        raise ValueError(f"{path.name} holds no requests")
-    if size > profile.max_file_bytes:
-        raise ValueError(f"{path.name} makes a {size}-byte batch; {profile.name} takes at most {profile.max_file_bytes} bytes")
-    most = profile.max_requests_per_file
-    if most is not None and count > most:
-        raise ValueError(f"{path.name} holds {count} requests; {profile.name} takes at most {most} a batch")
-    return model.removeprefix("models/"), size
-
-
-def _inline_item(raw: bytes) -> bytes:
-    line = orjson.loads(raw)
-    return orjson.dumps({"request": line["request"], "metadata": {"key": line["key"]}})
-
-
-def _keyed_answer(answer: Mapping[str, Any]) -> bytes:
-    """An inline answer as a response-file line: ``{"key", "response" | "error"}``."""
-    key = (answer.get("metadata") or {}).get("key")
-    kind = "response" if answer.get("response") is not None else "error"
-    return orjson.dumps({"key": key, kind: answer.get(kind)}) + b"\n"
-
-
-# ---- tags <-> displayName -------------------------------------------------------------------------
-
-
-def display_name(metadata: Mapping[str, str]) -> str:
-    """Batch tags as a displayName: URL-encoded pairs in key order (``bp_partition=2024-01-01&...``)."""
-    return urlencode(sorted(metadata.items()))
-
-
-def tags_of(name: Any) -> dict[str, str]:
-    """The tags a displayName carries; none for a name that is free text (not URL-encoded pairs)."""
-    if not isinstance(name, str) or "=" not in name:
-        return {}
-    try:
-        return dict(parse_qsl(name, keep_blank_values=True, strict_parsing=True))
-    except ValueError:
-        return {}
-
-
-# ---- payload -> record ---------------------------------------------------------------------------
-_STATES = {
-    "PENDING": BatchStatus.VALIDATING,
-    "RUNNING": BatchStatus.IN_PROGRESS,
-    "SUCCEEDED": BatchStatus.COMPLETED,
-    "FAILED": BatchStatus.FAILED,
-    "CANCELLED": BatchStatus.CANCELLED,
-    "EXPIRED": BatchStatus.EXPIRED,
-}
-_ENDS = {BatchStatus.COMPLETED: "completed_at", BatchStatus.FAILED: "failed_at", BatchStatus.EXPIRED: "expired_at",
-         BatchStatus.CANCELLED: "cancelled_at"}  # fmt: skip
-
-
-def parse_operation(payload: Mapping[str, Any]) -> Batch:
-    """Normalize a batch operation (``BATCH_STATE_*``, or the SDK's ``JOB_STATE_*``); APIResponseValidationError if it is not one."""
-    raw = dict(payload)
-    try:
-        meta = dict(raw["metadata"])
-        state = str(meta["state"]).removeprefix("BATCH_STATE_").removeprefix("JOB_STATE_")
-        if state not in _STATES:
-            raise ValueError(f"unknown state {meta['state']!r}")
-        status = _STATES[state]
-        stats = meta.get("batchStats") or {}
-        total, ok, failed = (int(stats.get(k) or 0) for k in ("requestCount", "successfulRequestCount", "failedRequestCount"))
-        output = dict(meta.get("output") or {})
-        if "inlinedResponses" in output:  # kept out of the record: read again when the results are downloaded
-            output["inlinedResponses"] = {"inlinedResponses": "..."}
-            meta["output"] = output
-            raw["metadata"] = meta
-        errors = ()
-        if status == BatchStatus.FAILED and isinstance(raw.get("error"), Mapping):
-            errors = (BatchError(code=str(raw["error"].get("code")), message=raw["error"].get("message")),)
-        ended = _epoch(meta.get("endTime"))
-        return Batch(
-            id=str(raw["name"]).removeprefix("batches/"),
-            status=status,
-            endpoint=GENERATE_CONTENT,
-            completion_window="24h",
-            input_file_id=(meta.get("inputConfig") or {}).get("fileName"),
-            output_file_id=output.get("responsesFile"),
-            request_counts=RequestCounts(total=total, completed=ok, failed=failed),
-            errors=errors,
-            metadata=tags_of(meta.get("displayName")),
-            created_at=_epoch(meta.get("createTime")),
-            in_progress_at=_epoch(meta.get("createTime")) if status != BatchStatus.VALIDATING else None,
-            raw=raw,
-            **({_ENDS[status]: ended} if status in _ENDS and ended is not None else {}),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as exc:
-        raise APIResponseValidationError(f"batch operation {raw.get('name')!r} does not parse: {exc}") from None
-
-
 def _batch_name(batch_id: str) -> str:
     return batch_id if batch_id.startswith("batches/") else f"batches/{batch_id}"
 
@@ -466,9 +341,3 @@ def _key_from_env(profile: ProviderProfile) -> SecretStr | None:
         raise ProviderError(f"no API key for provider {profile.name!r}: pass api_key= or set {names}")
     return None
 
-
-def _epoch(value: Any) -> int | None:
-    """Epoch seconds of an RFC 3339 time (``...Z``, with or without fractions); None for null."""
-    if value is None:
-        return None
-    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())

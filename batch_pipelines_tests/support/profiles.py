@@ -15,7 +15,7 @@ from typing import Any
 
 from batch_pipelines import RequestSpec
 from batch_pipelines.profiles import GENERATE_CONTENT, MESSAGES
-from batch_pipelines.providers.gemini import tags_of
+from batch_pipelines.providers.gemini_wire import tags_of
 from batch_pipelines_tests.support.driver import SPEC
 
 __all__ = ["ANTHROPIC", "GEMINI", "OPENAI", "PROFILES", "Profile", "Routes"]
