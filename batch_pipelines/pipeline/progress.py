@@ -28,7 +28,6 @@ from batch_pipelines.providers import TERMINAL_STATUSES, Batch
 
 __all__ = ["BatchState", "console_metadata", "ended_at", "finished_metadata", "in_flight_metadata", "progress_metadata", "started_at", "usage_of"]
 
-_TERMINAL = frozenset(str(s) for s in TERMINAL_STATUSES)
 #: The order a batch goes through; a group of batches is as far as its least advanced one.
 _STAGES = ("validating", "in_progress", "finalizing", "cancelling")
 
@@ -60,7 +59,7 @@ class BatchState:
 
     @property
     def terminal(self) -> bool:
-        return self.status in _TERMINAL
+        return self.status in TERMINAL_STATUSES  # StrEnum members: equal to their strings
 
 
 def started_at(batch: Batch) -> float | None:

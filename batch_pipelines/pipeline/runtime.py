@@ -233,7 +233,8 @@ class PipelineRuntime:
         cancelling then keeps its answers, and its rows go again.
         """
         store = self.reuse_store(resource, context.instance)
-        wanted = [b for b in superseded if b.batch_id in set(cancelled) and b.attempt in sent_with]
+        just_cancelled = set(cancelled)
+        wanted = [b for b in superseded if b.batch_id in just_cancelled and b.attempt in sent_with]
         if store is None or not wanted or not self.options.superseded_wait_seconds:
             return set()
         ended = wait_ended(
@@ -375,7 +376,7 @@ class PipelineRuntime:
                 continue
             raise dg.Failure(
                 description=f"{self.name}: not submitted, nothing uploaded: {why} of {budget:.6g} USD per {scope}",
-                metadata={"budget_usd": dg.MetadataValue.float(budget), **({"estimated_cost_usd": dg.MetadataValue.float(cost)} if cost is not None else {})},
+                metadata={"budget_usd": usd(budget), **({"estimated_cost_usd": usd(cost)} if cost is not None else {})},
                 allow_retries=False,
             )
         return cost

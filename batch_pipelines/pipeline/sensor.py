@@ -45,9 +45,6 @@ from batch_pipelines.submission import RESUBMIT_TAG, SubmittedBatch, partition_t
 
 __all__ = ["build_batch_sensor"]
 
-_TERMINAL = frozenset(str(s) for s in TERMINAL_STATUSES)
-
-
 def build_batch_sensor(
     *,
     name: str,
@@ -87,7 +84,7 @@ def build_batch_sensor(
         groups = list(state.groups.values())
 
         now = time.time()
-        tracked = {b.id: b for g in groups for b in g.batches if b.status not in _TERMINAL}
+        tracked = {b.id: b for g in groups for b in g.batches if b.status not in TERMINAL_STATUSES}
         due = sorted((b for b in tracked.values() if b.due_at <= now), key=lambda b: b.polled_at)
         changed: set[str] = set()
         links: dict[str, str] = {}

@@ -36,7 +36,6 @@ from batch_pipelines.providers import TERMINAL_STATUSES
 
 __all__ = ["Cursor", "Group", "SensorState", "Tracked"]
 
-_TERMINAL = frozenset(str(s) for s in TERMINAL_STATUSES)
 #: Prefix of the key-value rows the sensors write (the run storage's table is the deployment's).
 _KEY_PREFIX = "batch_pipelines/sensor"
 #: Keys read per query, well under any database's limit on bound parameters.
@@ -87,7 +86,7 @@ class Group(BaseModel):
 
     @property
     def done(self) -> bool:
-        return all(b.status in _TERMINAL for b in self.batches)
+        return all(b.status in TERMINAL_STATUSES for b in self.batches)
 
     @property
     def newness(self) -> tuple[int, int]:

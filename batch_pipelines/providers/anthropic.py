@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,7 +44,7 @@ from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider, cr
 from batch_pipelines.providers.errors import APIResponseValidationError, ProviderError
 from batch_pipelines.providers.http import DEFAULT_TIMEOUT, HttpTransport, profile_transport
 from batch_pipelines.providers.retry_policy import RetryPolicy
-from batch_pipelines.providers.types import Batch, BatchStatus, FileObject, RequestCounts, ResultFiles
+from batch_pipelines.providers.types import Batch, BatchStatus, FileObject, RequestCounts, ResultFiles, rfc3339_epoch
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "MessageBatchesApi", "inline_requests", "parse_message_batch"]
 
@@ -279,8 +278,8 @@ def parse_message_batch(payload: Mapping[str, Any]) -> Batch:
         succeeded, errored, canceled, expired = (int(counts.get(k) or 0) for k in ("succeeded", "errored", "canceled", "expired"))
         processing = int(counts.get("processing") or 0)
         kind = raw["processing_status"]
-        ended_at = _epoch(raw.get("ended_at"))
-        cancel_at = _epoch(raw.get("cancel_initiated_at"))
+        ended_at = rfc3339_epoch(raw.get("ended_at"))
+        cancel_at = rfc3339_epoch(raw.get("cancel_initiated_at"))
         if kind == "ended":
             status = BatchStatus.CANCELLED if cancel_at else BatchStatus.EXPIRED if expired else BatchStatus.COMPLETED
         elif kind in _STATUSES:
@@ -296,9 +295,9 @@ def parse_message_batch(payload: Mapping[str, Any]) -> Batch:
             request_counts=RequestCounts(
                 total=processing + succeeded + errored + canceled + expired, completed=succeeded, failed=errored + canceled + expired
             ),
-            created_at=_epoch(raw.get("created_at")),
-            in_progress_at=_epoch(raw.get("created_at")),
-            expires_at=_epoch(raw.get("expires_at")),
+            created_at=rfc3339_epoch(raw.get("created_at")),
+            in_progress_at=rfc3339_epoch(raw.get("created_at")),
+            expires_at=rfc3339_epoch(raw.get("expires_at")),
             cancelling_at=cancel_at,
             results_url=raw.get("results_url"),
             raw=raw,
@@ -307,9 +306,3 @@ def parse_message_batch(payload: Mapping[str, Any]) -> Batch:
     except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as exc:
         raise APIResponseValidationError(f"message batch {raw.get('id')!r} does not parse: {exc}") from None
 
-
-def _epoch(value: Any) -> int | None:
-    """Epoch seconds of an RFC 3339 time (``...Z`` or an offset); None for null."""
-    if value is None:
-        return None
-    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())

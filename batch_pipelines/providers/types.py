@@ -6,6 +6,7 @@ above never read a provider's JSON. pydantic only: nothing here imports httpx or
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "RequestCounts",
     "ResultFiles",
     "TERMINAL_STATUSES",
+    "rfc3339_epoch",
 ]
 
 
@@ -142,3 +144,11 @@ class ResultFiles(BaseModel):
     batch_id: str
     output_path: Path | None = None
     error_path: Path | None = None
+
+
+def rfc3339_epoch(value: Any) -> int | None:
+    """Epoch seconds of an RFC 3339 time (``...Z`` or an offset, with or without fractions), as the
+    records hold times; None for null. Anthropic's and Gemini's payloads give times so."""
+    if value is None:
+        return None
+    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())
