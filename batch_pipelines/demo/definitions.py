@@ -8,26 +8,28 @@ Parquet files under ``$DAGSTER_HOME/storage``.
 
 It runs on the embedded ``local`` provider with no key. The environment picks another one:
 
-====================================  =====================================================
-``BATCH_PIPELINES_PROVIDER``          ``local`` (default), ``moonshot``, ``openai``, ``fastapi_ai``,
-                                      ``groq``, ``anthropic``, ``gemini`` or ``custom`` (any OpenAI-compatible
-                                      base URL)
-the provider's key variable           ``MOONSHOT_API_KEY``, ``OPENAI_API_KEY``, ``FAST_API_KEY``,
-                                      ``GROQ_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY`` (or
-                                      ``GOOGLE_API_KEY``); ``BATCH_PIPELINES_API_KEY`` for ``custom``
-``BATCH_PIPELINES_LOCAL_PROFILE``     the provider the local one poses as: ``moonshot`` (default),
-                                      ``anthropic`` (Message Batches, no key) or ``gemini`` (Batch Mode,
-                                      no key), any profile
-``BATCH_PIPELINES_MODEL``             default ``kimi-k2.5`` (local, moonshot), ``gpt-4o-mini``
-                                      (openai, fastapi_ai), ``claude-haiku-4-5`` (anthropic),
-                                      ``gemini-2.5-flash`` (gemini); required for the others
-``BATCH_PIPELINES_BASE_URL``          overrides the provider's base URL (required for ``custom``)
-``BATCH_PIPELINES_LOCAL_SPEED``       ``realistic`` (default: progress over a few seconds) or
-                                      ``instant``
-``BATCH_PIPELINES_SENSOR_INTERVAL``   seconds between sensor ticks (default 5 locally, else 60)
-``BATCH_PIPELINES_INPUT_PRICE``,      real-time USD per million input / output tokens, for the
-``BATCH_PIPELINES_OUTPUT_PRICE``      cost metadata (the batch discount is applied)
-====================================  =====================================================
+=================================================  =====================================================
+``BATCH_PIPELINES_PROVIDER``                       ``local`` (default), ``moonshot``, ``openai``, ``fastapi_ai``,
+                                                   ``groq``, ``anthropic``, ``gemini`` or ``custom`` (any OpenAI-compatible
+                                                   base URL)
+the provider's key variable                        ``MOONSHOT_API_KEY``, ``OPENAI_API_KEY``, ``FAST_API_KEY``,
+                                                   ``GROQ_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY`` (or
+                                                   ``GOOGLE_API_KEY``); ``BATCH_PIPELINES_API_KEY`` for ``custom``
+``BATCH_PIPELINES_LOCAL_PROFILE``                  the provider the local one poses as: ``moonshot`` (default),
+                                                   ``anthropic`` (Message Batches, no key) or ``gemini`` (Batch Mode,
+                                                   no key), any profile
+``BATCH_PIPELINES_MODEL``                          default ``kimi-k2.5`` (local, moonshot), ``gpt-4o-mini``
+                                                   (openai, fastapi_ai), ``claude-haiku-4-5`` (anthropic),
+                                                   ``gemini-2.5-flash`` (gemini); required for the others
+``BATCH_PIPELINES_BASE_URL``                       overrides the provider's base URL (required for ``custom``)
+``BATCH_PIPELINES_LOCAL_SPEED``                    ``realistic`` (default: progress over a few seconds) or
+                                                   ``instant``
+``BATCH_PIPELINES_LOCAL_SECONDS_PER_REQUEST``      the least time each request takes locally (default 0),
+                                                   to watch a batch in progress
+``BATCH_PIPELINES_SENSOR_INTERVAL``                seconds between sensor ticks (default 5 locally, else 60)
+``BATCH_PIPELINES_INPUT_PRICE``,                   real-time USD per million input / output tokens, for the
+``BATCH_PIPELINES_OUTPUT_PRICE``                   cost metadata (the batch discount is applied)
+=================================================  =====================================================
 """
 
 import os
@@ -119,6 +121,7 @@ def _provider_from_env() -> BatchProviderResource:
         return BatchProviderResource(
             local_profile=_LOCAL_PROFILE,
             local_speed=os.environ.get("BATCH_PIPELINES_LOCAL_SPEED", "realistic"),
+            local_seconds_per_request=float(os.environ.get("BATCH_PIPELINES_LOCAL_SECONDS_PER_REQUEST", 0)),
             poll_interval_seconds=2,
             max_poll_interval_seconds=5,
             **prices,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import httpx
@@ -109,6 +109,11 @@ class BatchProviderResource(dg.ConfigurableResource):
     )
     local_speed: Literal["instant", "realistic"] = Field(
         default="instant", description="'instant' for tests, 'realistic' to watch a batch progress in the UI."
+    )
+    local_seconds_per_request: float = Field(
+        default=0.0,
+        ge=0,
+        description="Local provider only: the least time each request takes (0: as fast as local_speed allows), so a batch stays in progress long enough to watch.",
     )
     forward_url: str | None = Field(
         default=None,
@@ -249,7 +254,7 @@ class BatchProviderResource(dg.ConfigurableResource):
 
     def _local_provider(self) -> BatchProvider:
         if self.forward_url is None:
-            return make_provider(LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, speed=self.local_speed)
+            return make_provider(LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, **self._local_options)
         # Built here so that an unset key variable fails now, in the run, not in the worker; the
         # engine records only its spec (URL, model, concurrency, the variable's name) and each
         # batch's worker builds its own, so this one is closed at once.
@@ -261,10 +266,14 @@ class BatchProviderResource(dg.ConfigurableResource):
         )
         try:
             return make_provider(
-                LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, speed=self.local_speed, responder=forward
+                LOCAL, data_dir=self.local_data_dir, pose_as=self.local_profile, responder=forward, **self._local_options
             )
         finally:
             forward.close()
+
+    @property
+    def _local_options(self) -> dict[str, Any]:
+        return {"speed": self.local_speed, "seconds_per_request": self.local_seconds_per_request}
 
     @property
     def delete_files(self) -> bool:

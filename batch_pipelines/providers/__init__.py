@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from batch_pipelines.local_service.faults import FaultPlan
 from batch_pipelines.profiles import ProviderProfile, get_profile, resolve_profile
 from batch_pipelines.providers.anthropic import AnthropicProvider
 from batch_pipelines.providers.base import CLOCK_SKEW_SECONDS, BatchProvider
@@ -122,11 +123,14 @@ def make_provider(
     """The provider for ``profile``: ``"local"`` for the embedded one, else an HTTP client.
 
     ``data_dir``, ``pose_as`` (the profile whose rules the local provider applies) and
-    ``local_options`` (``speed``, ``time_scale``...) only concern ``"local"``; ``api_key``,
+    ``local_options`` (``speed``, ``time_scale``, ``seconds_per_request``: the least time each
+    request takes, to watch a batch run...) only concern ``"local"``; ``api_key``,
     ``base_url``, ``max_retries``, ``retry`` and ``timeout`` only the HTTP client.
     """
     if profile == LOCAL:
         posed = get_profile(pose_as) if isinstance(pose_as, str) else pose_as
+        if seconds := local_options.pop("seconds_per_request", 0):
+            local_options["faults"] = FaultPlan(row_delay=seconds)  # the engine's own slow-rows knob
         if posed.protocol == "anthropic":
             return local_anthropic_provider(data_dir, profile=posed, **local_options)
         if posed.protocol == "gemini":

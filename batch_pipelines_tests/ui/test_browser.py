@@ -1,14 +1,15 @@
 """The demo as a newcomer meets it: ``dagster dev`` on 127.0.0.1 driven by a headless browser.
 
 ``dagster dev`` serves the demo code location from ``workspace.yaml`` on a free port, with a
-temporary DAGSTER_HOME holding the project's ``dagster.yaml`` (the local provider at instant speed,
-the sensor ticking every second). Debian's chromium, driven by Playwright, opens the asset graph,
-stops the sensor from its page, launches the submit job for one day from the Materialize dialog,
-and finds the day's batch in flight on the batch asset's page: submitted, not materialized (the
-sensor is off, so it stays so however slow the machine). It starts the sensor again, waits until
-the results run has succeeded, and finds the batch done on the batch asset's page and the row
-counts, the cost in USD and the columns on the results asset's page. Screenshots are saved to
-``.artifacts/ui/`` (and ``failure.png`` there when a step fails).
+temporary DAGSTER_HOME holding the project's ``dagster.yaml`` (the local provider taking
+``SECONDS_PER_REQUEST`` per request, so a day's batch runs for most of a minute; the sensor ticking
+every second). Debian's chromium, driven by Playwright, opens the asset graph, launches the submit
+job for one day from the Materialize dialog, and, while the batch runs, finds it in flight on the
+batch asset's events page: not materialized, in progress, with its batch id and a part of its
+requests done, as the sensor's latest observation of that day says. It waits until the results run has succeeded and
+finds the batch done on the batch asset's page and the row counts, the cost in USD and the columns
+on the results asset's page. Screenshots are saved to ``.artifacts/ui/`` (and ``failure.png`` there
+when a step fails).
 
 Needs ``/usr/bin/chromium`` (``make browser`` installs it; the test never downloads a browser).
 """
@@ -47,6 +48,8 @@ CHROMIUM_ARGS = [
 LOCATION = "batch_pipelines_demo"
 DAY = "2026-03-04"
 ROWS = 50  # texts shipped for each demo day
+SECONDS_PER_REQUEST = 0.8  # a day's batch then runs for 40 s: long enough to be seen in flight
+PARTLY_DONE = re.compile(rf"^([0-9]|[1-4][0-9]) of {ROWS} requests done")
 
 _T = TypeVar("_T")
 
@@ -109,6 +112,7 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev
     env.update(
         DAGSTER_HOME=str(home),
         BATCH_PIPELINES_LOCAL_SPEED="instant",
+        BATCH_PIPELINES_LOCAL_SECONDS_PER_REQUEST=str(SECONDS_PER_REQUEST),
         BATCH_PIPELINES_SENSOR_INTERVAL="1",
         BATCH_PIPELINES_WORKER_IDLE="5",
     )
@@ -210,22 +214,30 @@ def _succeeded_run(dev: DagsterDev, job: str) -> dict[str, Any] | None:
     return next((r for r in runs if r["jobName"] == job and r["status"] == "SUCCESS"), None)
 
 
-def _metadata_row(page: Any, key: str) -> Any:
-    """The value cell of metadata entry ``key`` in the asset page's metadata table."""
-    return page.get_by_role("row").filter(has=page.get_by_role("cell", name=key, exact=True)).first.get_by_role("cell").last
+def _metadata_row(page: Any, key: str, *, column: int = -1) -> Any:
+    """The value cell of metadata entry ``key`` in the page's metadata table: the last one on the
+    asset page, the second (``column=1``) on the events page, whose table has a column more."""
+    cells = page.get_by_role("row").filter(has=page.get_by_role("cell", name=key, exact=True)).first.get_by_role("cell")
+    return cells.last if column == -1 else cells.nth(column)
 
 
-def _toggle_sensor(page: Any, url: str, *, running: bool) -> None:
-    """Turn the demo's sensor on or off from its page, as a user does, and wait until the page says so."""
-    page.goto(f"{url}/locations/{LOCATION}/sensors/classify_texts_sensor")
-    switch = page.locator("label:has(input[type=checkbox])").first
-    checkbox = switch.locator("input[type=checkbox]")
-    from playwright.sync_api import expect
-
-    expect(checkbox).to_be_attached()
-    if checkbox.is_checked() != running:
-        switch.click()
-    (expect(checkbox).to_be_checked() if running else expect(checkbox).not_to_be_checked())
+def _in_flight_on_page(page: Any, dev: DagsterDev) -> bool | None:
+    """Whether the batch asset's events page shows the day's batch running (a part of its requests
+    done); reloads it otherwise. Fails if the batch ended before the page showed it so."""
+    if _materialized(dev, "classify_texts_batch", DAY):
+        pytest.fail(f"the batch of {DAY} ended before its page showed it in progress")
+    progress = _metadata_row(page, "progress", column=1)
+    try:
+        progress.wait_for(timeout=30_000)  # the events load slowly on a busy machine
+    except Exception:  # noqa: BLE001 - no progress on the page yet: the sensor has not polled
+        page.reload()
+        return None
+    text = progress.inner_text()
+    print(f"progress on the page: {text}")
+    if PARTLY_DONE.match(text):
+        return True
+    page.reload()
+    return None
 
 
 def _finished_results_run(dev: DagsterDev) -> dict[str, Any] | None:
@@ -265,11 +277,7 @@ def test_materialize_from_the_ui_and_watch_the_sensor_finish(chromium: str, dags
                 expect(page.get_by_text(name, exact=True).first).to_be_visible()
             shot("01_asset_graph")
 
-            # 2. Stop the sensor: the day's batch then stays in flight, as Dagster knows it, until it runs again.
-            _toggle_sensor(page, url, running=False)
-            shot("02_sensor_stopped")
-
-            # 3. Materialize the submit job's assets for one day from the job's asset graph.
+            # 2. Materialize the submit job's assets for one day from the job's asset graph.
             page.goto(f"{url}/locations/{LOCATION}/jobs/classify_texts_submit")
             page.get_by_role("button", name="Materialize all…").click()
             dialog = page.get_by_role("dialog")
@@ -279,23 +287,22 @@ def test_materialize_from_the_ui_and_watch_the_sensor_finish(chromium: str, dags
             partitions.press("Enter")
             launch = dialog.get_by_role("button", name="Launch 1 run")
             expect(launch).to_be_enabled()
-            shot("03_materialize_dialog")
+            shot("02_materialize_dialog")
             launch.click()
             expect(page.get_by_text("Launched run")).to_be_visible()
-            shot("04_launched")
+            shot("03_launched")
 
-            # 4. The submit run ended: the batch is in flight. The batch asset is not materialized;
-            # its page shows the submission, with the batch id.
+            # 3. While the batch runs: the batch asset is not materialized; its events page shows
+            # the day's latest progress observation from the sensor, in progress with the batch id.
             wait_for("the submit run to succeed", lambda: _succeeded_run(dagster_dev, "classify_texts_submit"), timeout=150, dev=dagster_dev)
-            assert not _materialized(dagster_dev, "classify_texts_batch", DAY)
-            page.goto(f"{url}/assets/classify_texts_batch?partition={DAY}")
-            expect(page.get_by_text("Never materialized")).to_be_visible()
-            expect(_metadata_row(page, "status")).to_have_text("submitted")
-            expect(_metadata_row(page, "batch_ids")).to_contain_text("batch_")
-            shot("05_batch_in_flight")
+            page.goto(f"{url}/assets/classify_texts_batch?view=events&partition={DAY}")
+            wait_for("the batch's events to show it in progress", lambda: _in_flight_on_page(page, dagster_dev), timeout=90, dev=dagster_dev)
+            expect(page.get_by_text(f"Partition {DAY} observed")).to_be_visible()
+            expect(_metadata_row(page, "status", column=1)).to_have_text("in_progress")
+            expect(_metadata_row(page, "batch_ids", column=1)).to_contain_text("batch_")
+            shot("04_batch_in_flight")
 
-            # 5. The sensor again: it polls the batch, materializes the batch asset and launches the results run.
-            _toggle_sensor(page, url, running=True)
+            # 4. The batch ends: the sensor materializes the batch asset and launches the results run.
             run = wait_for(
                 "the sensor's results run to succeed", lambda: _finished_results_run(dagster_dev), timeout=150, dev=dagster_dev
             )
@@ -303,16 +310,16 @@ def test_materialize_from_the_ui_and_watch_the_sensor_finish(chromium: str, dags
             expect(page.get_by_text("Launched by classify_texts_sensor")).to_be_visible()
             expect(page.get_by_text("Success", exact=True).first).to_be_visible()
             expect(page.get_by_text("Finished execution of run").first).to_be_visible()
-            shot("06_results_run")
+            shot("05_results_run")
 
-            # 6. The batch asset's page: materialized, done, with the final figures.
+            # 5. The batch asset's page: materialized, done, with the final figures.
             assert _materialized(dagster_dev, "classify_texts_batch", DAY)
             page.goto(f"{url}/assets/classify_texts_batch?partition={DAY}")
             expect(_metadata_row(page, "status")).to_have_text("completed")
             expect(_metadata_row(page, "progress")).to_have_text(f"{ROWS} of {ROWS} requests done (100%), 0 failed")
-            shot("07_batch_done")
+            shot("06_batch_done")
 
-            # 7. The results asset's page shows the day's row counts, the cost in USD and the columns.
+            # 6. The results asset's page shows the day's row counts, the cost in USD and the columns.
             page.goto(f"{url}/assets/classify_texts_results?partition={DAY}")
             expect(page.get_by_text(DAY).first).to_be_visible()
             for key, value in (("rows", ROWS), ("succeeded", ROWS), ("failed", 0), ("missing", 0)):
@@ -322,7 +329,7 @@ def test_materialize_from_the_ui_and_watch_the_sensor_finish(chromium: str, dags
             assert float(cost.inner_text()) > 0
             columns = page.get_by_role("row").filter(has=page.get_by_role("cell", name="output_category", exact=True)).first
             expect(columns.get_by_role("cell").nth(1)).to_have_text("string")
-            shot("08_results_asset")
+            shot("07_results_asset")
         except BaseException:
             try:
                 shot("failure")
