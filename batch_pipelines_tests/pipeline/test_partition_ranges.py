@@ -1,0 +1,89 @@
+"""Runs over several partitions: a backfill run submits many, the sensor joins many in one request;
+each partition keeps its own batches, metadata and checks."""
+
+import dagster as dg
+import pandas as pd
+
+from batch_pipelines.pipeline import FAILURE_RATE_CHECK, OUTPUT_VALID_CHECK, ROWS_CHECK
+from batch_pipelines_tests.support.driver import DAYS, range_tags
+from batch_pipelines_tests.support.service import service_batches
+from batch_pipelines_tests.support.waiting import wait_for_batch
+
+FIVE = DAYS.get_partition_keys()[:5]
+
+
+def test_one_run_submits_five_partitions_and_one_request_joins_them(harness, service):
+    h = harness(rows=3)
+    for day in FIVE:
+        h.run([h.texts], day)
+    runs_before = len(h.instance.get_runs())
+
+    submit = h.run([h.pipeline.requests_asset, h.pipeline.batch_asset], None, tags=range_tags(FIVE))
+
+    # One run, one batch per partition, each tagged with its partition.
+    assert len(h.instance.get_runs()) == runs_before + 1
+    batches = service_batches(service)
+    assert sorted(b["metadata"]["bp_partition"] for b in batches) == FIVE
+    for day in FIVE:
+        built = h.latest_metadata(h.pipeline.requests_asset, day)
+        assert built["rows"] == 3 and built["preview"][0]["custom_id"] == f"{day}-000"
+        assert h.submission(day)["submitted"] == 1
+    materialized = [e.event_specific_data.materialization for e in submit.get_asset_materialization_events()]
+    # The requests asset once per partition; the batch asset waits for its batches to end.
+    assert sorted(m.partition for m in materialized if m.asset_key == h.pipeline.requests_asset.key) == FIVE
+    assert not [m for m in materialized if m.asset_key == h.pipeline.batch_asset.key]
+    for batch in batches:
+        wait_for_batch(service.engine, batch["id"])
+
+    tick = h.tick()
+
+    [request] = tick.run_requests  # five partitions done in the same tick: one results run
+    assert h.partitions_of(request) == FIVE
+    joined = h.execute(request)
+    assert h.materialized_results() == set(FIVE)
+    for day in FIVE:
+        frame = h.results(day)
+        assert frame["text_id"].tolist() == [f"{day}-{i:03d}" for i in range(3)]  # every row once
+        assert set(frame["outcome"]) == {"succeeded"}
+        meta = h.latest_metadata(h.pipeline.results_asset, day)
+        assert meta["dagster/row_count"] == 3 and meta["succeeded"] == 3
+        assert meta["batch_ids"] == h.submission(day)["batch_ids"]
+    # Three checks per partition, each on that partition's materialization.
+    evaluations = joined.get_asset_check_evaluations()
+    assert sorted((e.metadata["partition"].value, e.check_name) for e in evaluations) == sorted(
+        (day, check) for day in FIVE for check in (ROWS_CHECK, FAILURE_RATE_CHECK, OUTPUT_VALID_CHECK)
+    )
+    assert all(e.passed for e in evaluations)
+    storage_ids = {
+        day: h.instance.fetch_materializations(dg.AssetRecordsFilter(h.pipeline.results_asset.key, asset_partitions=[day]), limit=1)
+        .records[0]
+        .storage_id
+        for day in FIVE
+    }
+    assert all(e.target_materialization_data.storage_id == storage_ids[e.metadata["partition"].value] for e in evaluations)
+    # Nothing is asked twice.
+    assert not h.tick().run_requests
+
+
+def test_bad_rows_in_one_partition_fail_the_run_before_any_partition_is_written(harness, service, tmp_path):
+    bad_day = FIVE[2]
+
+    def blank_one_text(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame["text_id"][0].startswith(bad_day):
+            frame.loc[1, "text"] = None
+        return frame
+
+    h = harness(rows=3, edit=blank_one_text)
+    for day in FIVE:
+        h.run([h.texts], day)
+
+    result = h.materialize([h.pipeline.requests_asset, h.pipeline.batch_asset], None, raise_on_error=False, tags=range_tags(FIVE))
+
+    assert not result.success
+    message = result.failure_data_for_node("classify_requests").error.message
+    assert f"partition {bad_day}" in message and f"{bad_day}-001" in message and "text" in message
+    assert "1 of 5 partitions" in message
+    # None of the run's partitions was written or submitted.
+    assert service_batches(service) == []
+    assert not list((tmp_path / "storage").rglob("manifest.json"))
+    assert not h.instance.get_materialized_partitions(h.pipeline.requests_asset.key)
