@@ -22,6 +22,9 @@ builds, with the source's partitions:
     first while attempts are left (see :mod:`batch_pipelines.pipeline.collect`).
 ``<name>_cancel``
     A job cancelling the in-flight batches of chosen partitions (config ``partitions``).
+
+The three assets take several partitions per backfill run (``max_partitions_per_run``), each
+partition still its own files, batches, metadata and checks (:mod:`batch_pipelines.pipeline.run_partitions`).
 """
 
 # No ``from __future__ import annotations`` here: Dagster reads the context annotations of the

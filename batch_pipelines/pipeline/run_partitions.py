@@ -29,6 +29,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetC
 __all__ = [
     "ASSET_PARTITION_RANGE_END_TAG",
     "ASSET_PARTITION_RANGE_START_TAG",
+    "CHECKED_PARTITION_KEY",
     "contiguous_ranges",
     "load_source",
     "partition_check_evaluations",
@@ -40,6 +41,8 @@ Context = dg.AssetExecutionContext
 #: The run tags naming the ends of the partition range a run covers (Dagster's own, as its backfills set them).
 ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+#: Metadata key of a check evaluation naming the partition it checked, in a run over several.
+CHECKED_PARTITION_KEY = "partition"
 
 
 def run_partitions(context: Context) -> list[str | None]:
@@ -94,7 +97,7 @@ def partition_check_evaluations(
             asset_key=key,
             check_name=str(result.check_name),
             passed=result.passed,
-            metadata={**result.metadata, "partition": partition},
+            metadata={**result.metadata, CHECKED_PARTITION_KEY: partition},
             target_materialization_data=target,
             severity=result.severity,
             description=result.description,

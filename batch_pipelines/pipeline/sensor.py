@@ -251,8 +251,10 @@ def _results_runs(
             by_attempt.setdefault(group.attempt, {})[group.partition] = group
     ranges: list[list[Group]] = [[g] for g in alone]
     ordered: list[str] | None = None
+    # A range of multi-dimensional keys is not one key range per dimension: those go one by one.
+    one_by_one = partitions_def is None or isinstance(partitions_def, dg.MultiPartitionsDefinition) or most == 1
     for groups in by_attempt.values():
-        if len(groups) == 1 or partitions_def is None or most == 1:
+        if len(groups) == 1 or one_by_one:
             ranges += [[g] for g in groups.values()]
             continue
         if ordered is None:
