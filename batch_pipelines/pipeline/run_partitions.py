@@ -112,8 +112,9 @@ def contiguous_ranges(ordered: Sequence[str], wanted: Iterable[str], *, most: in
     A run over a range covers every partition between its ends, so a range never spans one that
     is not wanted. Partitions not in ``ordered`` (a dynamic partition deleted since) stand alone.
     """
+    wanted = set(wanted)
     position = {p: i for i, p in enumerate(ordered)}
-    known = sorted((p for p in set(wanted) if p in position), key=position.__getitem__)
+    known = sorted((p for p in wanted if p in position), key=position.__getitem__)
     ranges: list[list[str]] = []
     for partition in known:
         last = ranges[-1] if ranges else None
@@ -121,4 +122,4 @@ def contiguous_ranges(ordered: Sequence[str], wanted: Iterable[str], *, most: in
             last.append(partition)
         else:
             ranges.append([partition])
-    return ranges + [[p] for p in sorted(set(wanted) - set(position))]
+    return ranges + [[p] for p in sorted(wanted - position.keys())]

@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from batch_pipelines.pipeline import FAILURE_RATE_CHECK, OUTPUT_VALID_CHECK, ROWS_CHECK
+from batch_pipelines.pipeline.run_partitions import contiguous_ranges
 from batch_pipelines_tests.support.driver import DAYS, range_tags
 from batch_pipelines_tests.support.service import service_batches
 from batch_pipelines_tests.support.waiting import wait_for_batch
@@ -65,7 +66,7 @@ def test_one_run_submits_five_partitions_and_one_request_joins_them(harness, ser
     assert not h.tick().run_requests
 
 
-def test_bad_rows_in_one_partition_fail_the_run_before_any_partition_is_written(harness, service, tmp_path):
+def test_bad_rows_in_one_partition_fail_the_run_before_any_partition_is_written_the_others_go_alone(harness, service, tmp_path):
     bad_day = FIVE[2]
 
     def blank_one_text(frame: pd.DataFrame) -> pd.DataFrame:
@@ -87,3 +88,27 @@ def test_bad_rows_in_one_partition_fail_the_run_before_any_partition_is_written(
     assert service_batches(service) == []
     assert not list((tmp_path / "storage").rglob("manifest.json"))
     assert not h.instance.get_materialized_partitions(h.pipeline.requests_asset.key)
+
+    # The good partitions alone go through; a results run over them and the bad one joins them
+    # and fails naming the one it could not join.
+    good = FIVE[:2]
+    h.run([h.pipeline.requests_asset, h.pipeline.batch_asset], None, tags=range_tags(good))
+    for batch in service_batches(service):
+        wait_for_batch(service.engine, batch["id"])
+    joined = h.materialize([h.pipeline.results_asset], None, raise_on_error=False, tags=range_tags(FIVE[:3]))
+
+    assert not joined.success
+    failure = joined.failure_data_for_node("classify_results").error.message
+    assert "1 of 3 partitions were not joined" in failure and f"partition {bad_day}: no batches recorded" in failure
+    assert h.materialized_results() == set(good)
+    assert all(len(h.results(day)) == 3 for day in good)
+    assert sorted(e.metadata["partition"].value for e in joined.get_asset_check_evaluations()) == sorted(good * 3)
+
+
+def test_finished_partitions_are_cut_into_ranges_of_neighbours():
+    days = DAYS.get_partition_keys()[:12]
+    done = [*days[0:7], days[8], days[10], days[11], "gone"]  # days[7] and days[9] still running; "gone" deleted since
+
+    ranges = contiguous_ranges(days, reversed(done), most=3)
+
+    assert ranges == [days[0:3], days[3:6], [days[6]], [days[8]], days[10:12], ["gone"]]
