@@ -241,42 +241,67 @@ def _results_runs(
     """The results runs for the groups whose batches are done: a range of neighbouring partitions
     per run, of one attempt (the run's attempt tag), at most ``most`` partitions each.
 
-    The run key names every partition's round, attempt and batches: a tick made again after it was
-    lost asks for the same runs when the same partitions are done, which the daemon launches once.
+    The run key names every partition's round, attempt and batches, and each group keeps the key
+    it was handed off in: a tick made again after it was lost asks for the very runs it asked for
+    (even if more partitions have finished since), which the daemon launches once.
     """
-    alone = [g for g in ready if g.partition is None]
-    by_attempt: dict[int, dict[str, Group]] = {}
+    ordered: list[str] = []  # the partitions definition's order, read once when a range is made
+
+    def order() -> list[str]:
+        if not ordered and partitions_def is not None:
+            ordered.extend(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
+        return ordered
+
+    again: dict[str, list[Group]] = {}
     for group in ready:
+        if group.run_key is not None and group.partition is not None:
+            again.setdefault(group.run_key, []).append(group)
+    ranges: list[list[Group]] = []
+    for key, groups in again.items():
+        if len(groups) > 1:
+            index = {p: i for i, p in enumerate(order())}
+            groups.sort(key=lambda g: index.get(str(g.partition), len(index)))
+            if _results_run_key(name, groups) == key:  # still that run's partitions and rounds
+                ranges.append(groups)
+    taken = {id(g) for groups in ranges for g in groups}
+    fresh = [g for g in ready if id(g) not in taken]
+    ranges += [[g] for g in fresh if g.partition is None]
+    by_attempt: dict[int, dict[str, Group]] = {}
+    for group in fresh:
         if group.partition is not None:
             by_attempt.setdefault(group.attempt, {})[group.partition] = group
-    ranges: list[list[Group]] = [[g] for g in alone]
-    ordered: list[str] | None = None
     # A range of multi-dimensional keys is not one key range per dimension: those go one by one.
     one_by_one = partitions_def is None or isinstance(partitions_def, dg.MultiPartitionsDefinition) or most == 1
-    for groups in by_attempt.values():
-        if len(groups) == 1 or one_by_one:
-            ranges += [[g] for g in groups.values()]
-            continue
-        if ordered is None:
-            ordered = list(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
-        ranges += [[groups[p] for p in keys] for keys in contiguous_ranges(ordered, groups, most=most)]
-    return [_results_run(name, results_key, groups) for groups in ranges]
+    for groups_of in by_attempt.values():
+        if len(groups_of) == 1 or one_by_one:
+            ranges += [[g] for g in groups_of.values()]
+        else:
+            ranges += [[groups_of[p] for p in keys] for keys in contiguous_ranges(order(), groups_of, most=most)]
+    runs = []
+    for groups in ranges:
+        run = _results_run(name, results_key, groups)
+        for group in groups:
+            group.run_key = run.run_key
+        runs.append(run)
+    return runs
+
+
+def _results_run_key(name: str, groups: Sequence[Group]) -> str:
+    rounds = ";".join(f"{g.partition}:{g.round}:{g.attempt}:{','.join(sorted(b.id for b in g.batches))}" for g in groups)
+    digest = hashlib.sha256(rounds.encode()).hexdigest()[:12]
+    first, last = groups[0], groups[-1]
+    if len(groups) == 1:
+        return f"{name}:{partition_tag(first.partition)}:round{first.round}:attempt{first.attempt}:{digest}"
+    return f"{name}:{first.partition}...{last.partition}:attempt{first.attempt}:{digest}"
 
 
 def _results_run(name: str, results_key: dg.AssetKey, groups: Sequence[Group]) -> dg.RunRequest:
-    rounds = ";".join(f"{g.partition}:{g.round}:{g.attempt}:{','.join(sorted(b.id for b in g.batches))}" for g in groups)
-    digest = hashlib.sha256(rounds.encode()).hexdigest()[:12]
     first, last, attempt = groups[0], groups[-1], groups[0].attempt
     tags = {PIPELINE_RUN_TAG: name, ATTEMPT_RUN_TAG: str(attempt)}
     if len(groups) == 1:
-        return dg.RunRequest(
-            run_key=f"{name}:{partition_tag(first.partition)}:round{first.round}:attempt{attempt}:{digest}",
-            partition_key=first.partition,
-            asset_selection=[results_key],
-            tags=tags,
-        )
+        return dg.RunRequest(run_key=_results_run_key(name, groups), partition_key=first.partition, asset_selection=[results_key], tags=tags)
     return dg.RunRequest(
-        run_key=f"{name}:{first.partition}...{last.partition}:attempt{attempt}:{digest}",
+        run_key=_results_run_key(name, groups),
         asset_selection=[results_key],
         tags={**tags, ASSET_PARTITION_RANGE_START_TAG: str(first.partition), ASSET_PARTITION_RANGE_END_TAG: str(last.partition)},
     )
