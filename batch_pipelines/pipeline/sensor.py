@@ -11,13 +11,13 @@ the next tick), records progress as observations on ``<name>_batch``
 materializes ``<name>_batch`` (once per round) and requests ``<name>_results`` for it, unless
 the partition's results were joined from these batches already (a re-attached round, a first
 tick over an old history). Partitions done in the same tick share runs over ranges of
-partitions, so a burst of finished partitions costs a few run requests, not one each. A batch whose poll fails stays in flight with a growing delay; it
-never stops the others. A batch the provider refused because its token queue was full holds its
+partitions (:mod:`batch_pipelines.pipeline.results_requests`), so a burst of finished
+partitions costs a few run requests, not one each. A batch whose poll fails stays in flight with
+a growing delay; it never stops the others. A batch the provider refused because its token queue was full holds its
 partition's results run back by the resource's ``resubmit_delay``: that run submits the shard
 again, and the queue has had time to drain.
 """
 
-import hashlib
 import secrets
 import time
 from collections.abc import Sequence
@@ -25,10 +25,8 @@ from collections.abc import Sequence
 import dagster as dg
 
 from batch_pipelines.pipeline.ledger import (
-    ATTEMPT_RUN_TAG,
     CONTROL_KEY,
     PAGE,
-    PIPELINE_RUN_TAG,
     ROUND_KEY,
     is_submission,
     metadata_int,
@@ -40,11 +38,7 @@ from batch_pipelines.pipeline.ledger import (
 from batch_pipelines.pipeline.options import DEFAULT_OPTIONS
 from batch_pipelines.pipeline.progress import ended_at, finished_metadata, in_flight_metadata, progress_metadata, started_at, usage_of
 from batch_pipelines.pipeline.resource import BatchProviderResource
-from batch_pipelines.pipeline.run_partitions import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    contiguous_ranges,
-)
+from batch_pipelines.pipeline.results_requests import results_run_requests
 from batch_pipelines.pipeline.sensor_state import Cursor, Group, SensorState, Tracked
 from batch_pipelines.providers import TERMINAL_STATUSES, Batch, poll_batches
 from batch_pipelines.submission import RESUBMIT_TAG, SubmittedBatch, partition_tag
@@ -152,7 +146,7 @@ def build_batch_sensor(
             else:
                 ready.append(group)
             group.pending, group.handed_off = token, True
-        runs = _results_runs(context.instance, name, results_key, ready, partitions_def, most=max_partitions_per_run)
+        runs = results_run_requests(context.instance, name, results_key, ready, partitions_def, most=max_partitions_per_run)
         if changed or report_again:
             events.append(dg.AssetObservation(asset_key=batch_key, metadata=in_flight_metadata([[b.state() for b in g.batches] for g in groups])))
         state.save()
@@ -227,81 +221,3 @@ def _hold_if_refused(
         delay = resource.resubmit_delay(refusals)
         entry.hold_until = now + delay
         context.log.warning(f"batch {batch.id} refused: the provider's queue is full; its shard goes again in {delay:.0f}s")
-
-
-def _results_runs(
-    instance: dg.DagsterInstance,
-    name: str,
-    results_key: dg.AssetKey,
-    ready: Sequence[Group],
-    partitions_def: dg.PartitionsDefinition | None,
-    *,
-    most: int,
-) -> list[dg.RunRequest]:
-    """The results runs for the groups whose batches are done: a range of neighbouring partitions
-    per run, of one attempt (the run's attempt tag), at most ``most`` partitions each.
-
-    The run key names every partition's round, attempt and batches, and each group keeps the key
-    it was handed off in: a tick made again after it was lost asks for the very runs it asked for
-    (even if more partitions have finished since), which the daemon launches once.
-    """
-    ordered: list[str] = []  # the partitions definition's order, read once when a range is made
-
-    def order() -> list[str]:
-        if not ordered and partitions_def is not None:
-            ordered.extend(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
-        return ordered
-
-    again: dict[str, list[Group]] = {}
-    for group in ready:
-        if group.run_key is not None and group.partition is not None:
-            again.setdefault(group.run_key, []).append(group)
-    ranges: list[list[Group]] = []
-    for key, groups in again.items():
-        if len(groups) > 1:
-            index = {p: i for i, p in enumerate(order())}
-            groups.sort(key=lambda g: index.get(str(g.partition), len(index)))
-            if _results_run_key(name, groups) == key:  # still that run's partitions and rounds
-                ranges.append(groups)
-    taken = {id(g) for groups in ranges for g in groups}
-    fresh = [g for g in ready if id(g) not in taken]
-    ranges += [[g] for g in fresh if g.partition is None]
-    by_attempt: dict[int, dict[str, Group]] = {}
-    for group in fresh:
-        if group.partition is not None:
-            by_attempt.setdefault(group.attempt, {})[group.partition] = group
-    # A range of multi-dimensional keys is not one key range per dimension: those go one by one.
-    one_by_one = partitions_def is None or isinstance(partitions_def, dg.MultiPartitionsDefinition) or most == 1
-    for groups_of in by_attempt.values():
-        if len(groups_of) == 1 or one_by_one:
-            ranges += [[g] for g in groups_of.values()]
-        else:
-            ranges += [[groups_of[p] for p in keys] for keys in contiguous_ranges(order(), groups_of, most=most)]
-    runs = []
-    for groups in ranges:
-        run = _results_run(name, results_key, groups)
-        for group in groups:
-            group.run_key = run.run_key
-        runs.append(run)
-    return runs
-
-
-def _results_run_key(name: str, groups: Sequence[Group]) -> str:
-    rounds = ";".join(f"{g.partition}:{g.round}:{g.attempt}:{','.join(sorted(b.id for b in g.batches))}" for g in groups)
-    digest = hashlib.sha256(rounds.encode()).hexdigest()[:12]
-    first, last = groups[0], groups[-1]
-    if len(groups) == 1:
-        return f"{name}:{partition_tag(first.partition)}:round{first.round}:attempt{first.attempt}:{digest}"
-    return f"{name}:{first.partition}...{last.partition}:attempt{first.attempt}:{digest}"
-
-
-def _results_run(name: str, results_key: dg.AssetKey, groups: Sequence[Group]) -> dg.RunRequest:
-    first, last, attempt = groups[0], groups[-1], groups[0].attempt
-    tags = {PIPELINE_RUN_TAG: name, ATTEMPT_RUN_TAG: str(attempt)}
-    if len(groups) == 1:
-        return dg.RunRequest(run_key=_results_run_key(name, groups), partition_key=first.partition, asset_selection=[results_key], tags=tags)
-    return dg.RunRequest(
-        run_key=_results_run_key(name, groups),
-        asset_selection=[results_key],
-        tags={**tags, ASSET_PARTITION_RANGE_START_TAG: str(first.partition), ASSET_PARTITION_RANGE_END_TAG: str(last.partition)},
-    )
