@@ -82,7 +82,7 @@ def test_bad_rows_in_one_partition_fail_the_run_before_any_partition_is_written_
 
     assert not result.success
     message = result.failure_data_for_node("classify_requests").error.message
-    assert f"partition {bad_day}" in message and f"{bad_day}-001" in message and "text" in message
+    assert f"partition {bad_day}" in message and f"row 1 (key '{bad_day}-001'): 'text' is missing" in message
     assert "1 of 5 partitions" in message
     # None of the run's partitions was written or submitted.
     assert service_batches(service) == []
