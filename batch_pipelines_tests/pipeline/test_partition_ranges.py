@@ -41,6 +41,9 @@ def test_one_run_submits_five_partitions_and_one_request_joins_them(harness, ser
     [request] = tick.run_requests  # five partitions done in the same tick: one results run
     assert h.partitions_of(request) == FIVE
     joined = h.execute(request)
+    # Each partition materialized once by that one run (no range-wide materialization besides).
+    results_events = [e.event_specific_data.materialization for e in joined.get_asset_materialization_events()]
+    assert sorted(m.partition for m in results_events if m.asset_key == h.pipeline.results_asset.key) == FIVE
     assert h.materialized_results() == set(FIVE)
     for day in FIVE:
         frame = h.results(day)
