@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 
 from batch_pipelines.demo.parquet_io import ParquetIOManager
 from batch_pipelines.pipeline import BatchProviderResource, build_batch_pipeline
+from batch_pipelines.pipeline.options import DEFAULT_OPTIONS
 from batch_pipelines.profiles import GENERATE_CONTENT, MESSAGES, PROFILES
 from batch_pipelines.providers import LOCAL
 from batch_pipelines.requests import RequestSpec
@@ -95,15 +96,17 @@ class TextCategory(BaseModel):
     group_name="classify_texts",
     kinds={"pandas", "csv"},
     description="The day's texts to classify: text_id, day, label (a human's category) and text.",
+    # Several days per backfill run, as the pipeline's assets take them: one run reads them all.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=DEFAULT_OPTIONS.max_partitions_per_run),
 )
-def texts(context: dg.AssetExecutionContext) -> dg.MaterializeResult[pd.DataFrame]:
-    day = context.partition_key
+def texts(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     rows = pd.read_csv(DATA_FILE, dtype=str)
-    rows = rows[rows["day"] == day].reset_index(drop=True)
-    return dg.MaterializeResult(
-        value=rows,
-        metadata={"rows": len(rows), "labels": dg.MetadataValue.json(rows["label"].value_counts().to_dict())},
-    )
+    by_day = {day: rows[rows["day"] == day].reset_index(drop=True) for day in context.partition_keys}
+    for day, frame in by_day.items():
+        metadata = {"rows": len(frame), "labels": dg.MetadataValue.json(frame["label"].value_counts().to_dict())}
+        context.add_asset_metadata(metadata, partition_key=day)
+    # A run over several days stores {day: DataFrame}, one Parquet file each (see parquet_io.py).
+    return dg.MaterializeResult(value=by_day if len(by_day) > 1 else next(iter(by_day.values())))
 
 
 def _provider_from_env() -> BatchProviderResource:

@@ -7,10 +7,13 @@ key path>.parquet`` when unpartitioned), so the results are plain files any tool
     duckdb.sql("select category, count(*) from '.dagster_home/storage/classify_texts_results/*.parquet' group by 1")
 
 An asset reading several partitions of an upstream asset receives a ``{partition: DataFrame}``
-mapping (Dagster's convention for file IO managers).
+mapping (Dagster's convention for file IO managers); an asset materializing several partitions in
+one run (a backfill's ``multi_run`` policy) returns such a mapping, one file written per partition.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import dagster as dg
 import pandas as pd
@@ -36,6 +39,20 @@ class ParquetIOManager(dg.ConfigurableIOManagerFactory):
 
 class _ParquetFiles(dg.UPathIOManager):
     extension = ".parquet"
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        if not (context.has_asset_partitions and len(context.asset_partition_keys) > 1):
+            super().handle_output(context, obj)
+            return
+        paths = self._get_paths_for_partitions(context)
+        if not isinstance(obj, Mapping) or set(obj) != set(paths):
+            raise TypeError(
+                f"ParquetIOManager: asset {context.asset_key.to_user_string()} materializes partitions {sorted(paths)} "
+                f"in one run: return a {{partition: DataFrame}} mapping of exactly those, not {type(obj).__name__}"
+            )
+        for partition, path in paths.items():
+            self.make_directory(path.parent)
+            self.dump_to_path(context, obj[partition], path)
 
     def dump_to_path(self, context: dg.OutputContext, obj: object, path: UPath) -> None:
         if not isinstance(obj, pd.DataFrame):

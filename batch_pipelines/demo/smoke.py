@@ -1,7 +1,7 @@
 """``make smoke``: the demo end to end through Dagster, without the UI, on a temporary instance.
 
 For every demo day (or those given with ``--days``) it materializes ``texts``, the requests and the
-batch, evaluates the pipeline's sensor tick after tick as the daemon would (recording its progress
+batch (neighbouring days in one run, as a backfill does), evaluates the pipeline's sensor tick after tick as the daemon would (recording its progress
 observations, executing each results run it requests once, following retry rounds) until every
 day has its results, then prints the outcome counts read back from the Parquet files. Exit status
 1 when a day has no results or a source row is missing, duplicated or without an outcome.
@@ -23,6 +23,13 @@ import dagster as dg
 import pandas as pd
 
 from batch_pipelines.pipeline import ROWS_CHECK
+from batch_pipelines.pipeline.options import DEFAULT_OPTIONS
+from batch_pipelines.pipeline.run_partitions import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    CHECKED_PARTITION_KEY,
+    contiguous_ranges,
+)
 
 #: Runs log warnings and errors only: the smoke prints its own summary.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -59,12 +66,15 @@ def _smoke(instance: dg.DagsterInstance, days: Sequence[str] | None, timeout: fl
     print(f"smoke: {len(days)} days on provider {resource.provider!r}, model {demo.request_spec.model!r}")
 
     submit = demo.defs.resolve_job_def(demo.submit_texts.name)
-    for day in days:
-        result = submit.execute_in_process(instance=instance, partition_key=day, run_config=_QUIET, raise_on_error=False)
+    # Neighbouring days in one run each, as a backfill with the assets' multi_run policy runs them.
+    ranges = contiguous_ranges(demo.DAYS.get_partition_keys(), days, most=DEFAULT_OPTIONS.max_partitions_per_run)
+    for covered in ranges:
+        result = submit.execute_in_process(instance=instance, tags=_range_tags(covered), run_config=_QUIET, raise_on_error=False)
         if not result.success:
-            print(f"smoke: submitting {day} failed: {_failure(result)}", file=sys.stderr)
+            print(f"smoke: submitting {', '.join(covered)} failed: {_failure(result)}", file=sys.stderr)
             return 1
-    print(f"smoke: submitted {len(days)} days; ticking {pipeline.sensor.name} until every day has results")
+    runs = f"{len(ranges)} run" + ("s" if len(ranges) != 1 else "")
+    print(f"smoke: submitted {len(days)} days in {runs}; ticking {pipeline.sensor.name} until every day has results")
 
     results_job = demo.defs.resolve_implicit_global_asset_job_def()
     results_key = pipeline.results_asset.key
@@ -87,6 +97,7 @@ def _smoke(instance: dg.DagsterInstance, days: Sequence[str] | None, timeout: fl
             if request.run_key in launched:
                 continue  # the daemon runs a run key once
             launched.add(request.run_key)
+            covered = _partitions(demo.DAYS, request)
             run = results_job.execute_in_process(
                 instance=instance,
                 partition_key=request.partition_key,
@@ -96,20 +107,42 @@ def _smoke(instance: dg.DagsterInstance, days: Sequence[str] | None, timeout: fl
                 raise_on_error=False,
             )
             if not run.success:
-                print(f"smoke: results run for {request.partition_key} failed: {_failure(run)}", file=sys.stderr)
+                print(f"smoke: results run for {', '.join(covered)} failed: {_failure(run)}", file=sys.stderr)
                 return 1
-            if run.asset_materializations_for_node(pipeline.results_asset.op.name):
-                checks[request.partition_key] = {
-                    e.check_name: e.passed for e in run.get_asset_check_evaluations() if e.asset_key == results_key
-                }
-            else:
-                print(f"smoke: {request.partition_key}: retryable rows sent again; waiting for that batch")
+            joined = {m.partition for m in run.asset_materializations_for_node(pipeline.results_asset.op.name)}
+            for day in covered:
+                if day in joined:
+                    checks[day] = {
+                        e.check_name: e.passed
+                        for e in run.get_asset_check_evaluations()
+                        if e.asset_key == results_key and _checked(e, request) == day
+                    }
+                else:
+                    print(f"smoke: {day}: retryable rows sent again; waiting for that batch")
         if not tick.run_requests:
             time.sleep(_SENSOR_PAUSE)
 
     # Where the demo's Parquet IO manager put each day's results.
     folder = Path(instance.storage_directory()).joinpath(*results_key.path)
     return _report(pd.read_csv(demo.DATA_FILE, dtype=str), folder, days, checks)
+
+
+def _range_tags(days: Sequence[str]) -> dict[str, str]:
+    return {ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]}
+
+
+def _partitions(partitions_def: dg.PartitionsDefinition, request: dg.RunRequest) -> list[str]:
+    """The days a requested run covers: its partition, or the range its tags name."""
+    if request.partition_key is not None:
+        return [request.partition_key]
+    start, end = request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]
+    return list(partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(start, end)))
+
+
+def _checked(evaluation: dg.AssetCheckEvaluation, request: dg.RunRequest) -> str | None:
+    """The day a check evaluated: a run over several days names it in the check's metadata."""
+    named = evaluation.metadata.get(CHECKED_PARTITION_KEY)
+    return str(named.value) if named is not None else request.partition_key
 
 
 def _report(texts: pd.DataFrame, folder: Path, days: Sequence[str], checks: dict[str, dict[str, bool]]) -> int:

@@ -5,13 +5,15 @@ while retryable rows remain and attempts are left, submits them again as a follo
 (recorded as an observation; the sensor tracks it) instead of materializing. A shard the provider
 refused because its token queue was full (``token_limit_exceeded``) is submitted again the same
 way, after a delay, without spending an attempt of its rows. The final materialization is the
-whole table, every row once, with counts, tokens, cost and checks.
+whole table, every row once, with counts, tokens, cost and checks. A run over several partitions
+joins each on its own (:mod:`batch_pipelines.pipeline.run_partitions`).
 """
 
 import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -23,23 +25,73 @@ from batch_pipelines.pipeline.checks import evaluate_checks
 from batch_pipelines.pipeline.ledger import RESULTS_BATCH_IDS_KEY, SOURCE_DIGEST_KEY, SUBMITTED_COST_KEY, Round, control_metadata, load_round
 from batch_pipelines.pipeline.metadata import column_schema, results_preview, summary_metadata, usd
 from batch_pipelines.pipeline.resource import BatchProviderResource
+from batch_pipelines.pipeline.run_partitions import load_source, partition_check_evaluations, run_partitions, write_partition
 from batch_pipelines.pipeline.runtime import PipelineRuntime
 from batch_pipelines.providers import Batch, BatchProvider, ResultFiles, poll_batches
 from batch_pipelines.requests import RequestManifest, RequestValidationError, frame_digest
 from batch_pipelines.submission import PartitionFolder, SubmittedBatch, partition_lock
 
-__all__ = ["collect_results"]
+__all__ = ["Joined", "collect_results", "join_partition"]
 
 #: Seconds a results run may spend retrieving its round's batches.
 _RETRIEVE_SECONDS = 300
 
 
-def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, source: pd.DataFrame) -> Iterator[Any]:
-    """Join the round's batches; submit a retry and stop (blocking mode: wait) or output the table."""
+@dataclass(frozen=True)
+class Joined:
+    """One partition's final table: what its materialization holds and its checks say."""
+
+    frame: pd.DataFrame
+    metadata: dict[str, Any]
+    checks: list[dg.AssetCheckResult]
+
+
+def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, output_name: str) -> Iterator[Any]:
+    """Each partition of the run joined: its table output (or, in a run over several partitions,
+    stored and recorded per partition) with its checks; or a retry submitted, and no table yet.
+
+    In a run over several partitions one that cannot be joined yet (batches still running, a
+    source changed since) does not hold back the others: they are materialized, then the run
+    fails naming the partitions that were not.
+    """
     if rt.results_key not in context.selected_asset_keys:
         raise dg.Failure(f"the checks of {rt.name}_results are evaluated when it is materialized: materialize it")
+    partitions = run_partitions(context)
+    if len(partitions) == 1:
+        joined = join_partition(rt, context, partitions[0], load_source(context, rt.source_key, partitions[0]))
+        if joined is not None:
+            yield dg.Output(joined.frame, metadata=joined.metadata)
+            yield from joined.checks
+        return
+    if rt.options.blocking:
+        raise dg.Failure(f"{rt.name} runs in blocking mode: one partition per run, not {len(partitions)}")
+    failed: dict[str, str] = {}
+    for partition in partitions:
+        assert partition is not None  # a range is of partitions
+        try:
+            joined = join_partition(rt, context, partition, load_source(context, rt.source_key, partition))
+        except Exception as exc:  # noqa: BLE001 - reported with the partition, after the others were joined
+            failed[partition] = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
+            context.log.error(f"{rt.name} {partition}: not joined: {failed[partition]}")
+            continue
+        if joined is None:
+            continue  # a retry went out: the sensor launches this partition again when it is done
+        stored = write_partition(
+            context, io_manager_key=rt.options.io_manager_key, key=rt.results_key, output_name=output_name, partition=partition, frame=joined.frame
+        )
+        yield dg.AssetMaterialization(asset_key=rt.results_key, partition=partition, metadata={**stored, **joined.metadata})
+        yield from partition_check_evaluations(context, rt.results_key, partition, joined.checks)
+    if failed:
+        details = "\n".join(f"partition {p}: {why}" for p, why in failed.items())
+        raise dg.Failure(
+            description=f"{len(failed)} of {len(partitions)} partitions were not joined (the others were):\n{details}",
+            metadata={"not_joined": dg.MetadataValue.json(sorted(failed))},
+        )
+
+
+def join_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, partition: str | None, source: pd.DataFrame) -> Joined | None:
+    """Join one partition's round; submit a retry and return None (blocking mode: wait), or its final table."""
     resource = rt.resource(context)
-    partition = context.partition_key if context.has_partition_key else None
     folder = rt.folder(resource, context.instance, partition)
     current = load_round(context.instance, rt.batch_key, rt.results_key, partition)
     if current is None:
@@ -70,7 +122,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
             if refused and not current.cancelled:
                 current = _resubmit(rt, context, resource, provider, folder, partition, current, refused)
                 if not blocking:
-                    return  # the sensor tracks the new batches and launches this asset again
+                    return None  # the sensor tracks the new batches and launches this asset again
                 continue
             joined = [
                 _join_attempt(context, resource, provider, rt, source, ids, current_fingerprints, known, first, folder, current, batches, attempt)
@@ -113,7 +165,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
             context.log.info(f"sending {len(plan.custom_ids)} rows again as attempt {plan.attempt}: {plan.retry_reasons}")
             current = current.plus(records)
             if not blocking:
-                return  # the sensor tracks the retry and launches this asset again when it is done
+                return None  # the sensor tracks the retry and launches this asset again when it is done
 
     if store is not None:
         store.record(_results.fresh_answers(frame, _results.answer_columns(frame, source.columns)))
@@ -127,8 +179,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
         "dagster/column_schema": column_schema(frame),
         SOURCE_DIGEST_KEY: frame_digest(source) or "",
     }
-    yield dg.Output(frame, metadata=metadata)
-    yield from evaluate_checks(
+    checks = evaluate_checks(
         frame,
         results_key=rt.results_key,
         source_rows=len(source),
@@ -136,6 +187,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, sour
         threshold=rt.options.failure_rate_threshold,
         structured=rt.spec.output_model is not None,
     )
+    return Joined(frame, metadata, checks)
 
 
 def _join_attempt(

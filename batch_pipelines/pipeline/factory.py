@@ -22,6 +22,9 @@ builds, with the source's partitions:
     first while attempts are left (see :mod:`batch_pipelines.pipeline.collect`).
 ``<name>_cancel``
     A job cancelling the in-flight batches of chosen partitions (config ``partitions``).
+
+The three assets take several partitions per backfill run (``max_partitions_per_run``), each
+partition still its own files, batches, metadata and checks (:mod:`batch_pipelines.pipeline.run_partitions`).
 """
 
 # No ``from __future__ import annotations`` here: Dagster reads the context annotations of the
@@ -32,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 
 from batch_pipelines.pipeline.checks import results_check_specs
 from batch_pipelines.pipeline.collect import collect_results
@@ -109,22 +111,30 @@ def build_batch_pipeline(
         name=name,
         spec=spec,
         options=opts,
+        source_key=source_key,
         requests_key=dg.AssetKey([*prefix, f"{name}_requests"]),
         batch_key=dg.AssetKey([*prefix, f"{name}_batch"]),
         results_key=dg.AssetKey([*prefix, f"{name}_results"]),
     )
     check_specs = results_check_specs(rt.results_key, structured=spec.output_model is not None, threshold=opts.failure_rate_threshold)
-    common: dict[str, Any] = dict(partitions_def=partitions_def, group_name=opts.group_name, required_resource_keys={opts.resource_key})
+    common: dict[str, Any] = dict(
+        partitions_def=partitions_def,
+        group_name=opts.group_name,
+        required_resource_keys={opts.resource_key},
+        backfill_policy=_backfill_policy(partitions_def, opts),
+    )
 
+    # The source is a dependency, not an input: each partition of a run is loaded on its own
+    # (Dagster would load a run's whole range at once).
     @dg.asset(
         key=rt.requests_key,
-        ins={"source": dg.AssetIn(key=source_key)},
+        deps=[source_key],
         description=f"Request files for {name}: the rows of {source_key.to_user_string()} as validated, sharded JSONL.",
         kinds={"jsonl"},
         **common,
     )
-    def requests_asset(context: dg.AssetExecutionContext, source: pd.DataFrame) -> dg.MaterializeResult:
-        return rt.build_requests(context, source)
+    def requests_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        return rt.build_requests(context)
 
     @dg.asset(
         key=rt.batch_key,
@@ -152,14 +162,13 @@ def build_batch_pipeline(
                 description=f"{name}'s results joined back to the source rows: every row once, with its outcome.",
             )
         },
-        ins={"source": dg.AssetIn(key=source_key)},
-        deps=[batch_asset],
+        deps=[batch_asset, source_key],
         check_specs=check_specs,
         can_subset=True,
-        **common,
+        **{**common, "required_resource_keys": {opts.resource_key, opts.io_manager_key}},
     )
-    def results_asset(context: dg.AssetExecutionContext, source: pd.DataFrame) -> Iterator[Any]:
-        yield from collect_results(rt, context, source)
+    def results_asset(context: dg.AssetExecutionContext) -> Iterator[Any]:
+        yield from collect_results(rt, context, output_name="result")
 
     @dg.op(name=f"{name}_cancel_batches", required_resource_keys={opts.resource_key})
     def cancel_op(context: dg.OpExecutionContext, config: CancelPartitionsConfig) -> None:
@@ -177,6 +186,8 @@ def build_batch_pipeline(
             batch_key=rt.batch_key,
             results_key=rt.results_key,
             resource_key=opts.resource_key,
+            partitions_def=partitions_def,
+            max_partitions_per_run=opts.max_partitions_per_run,
             minimum_interval_seconds=opts.sensor_minimum_interval_seconds,
             tick_budget_seconds=opts.sensor_tick_budget_seconds,
             default_status=opts.sensor_default_status,
@@ -190,6 +201,13 @@ def build_batch_pipeline(
         sensor=sensor,
         cancel_job=cancel_job,
     )
+
+
+def _backfill_policy(partitions_def: dg.PartitionsDefinition | None, opts: PipelineOptions) -> dg.BackfillPolicy | None:
+    """Several partitions per backfill run (each still its own batches); blocking runs wait for theirs, one each."""
+    if partitions_def is None or opts.blocking:
+        return None
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=opts.max_partitions_per_run)
 
 
 def _source(source: SourceLike) -> tuple[dg.AssetKey, dg.PartitionsDefinition | None]:

@@ -77,6 +77,11 @@ class PipelineOptions:
     max_cost_per_run_usd: float | None = None
     #: Split request files further than the provider's limits require.
     max_requests_per_shard: int | None = None
+    #: At most this many partitions per run: a backfill of the three assets (the backfill policy
+    #: ``multi_run``), and each results run the sensor requests for partitions that finished
+    #: together. Each partition keeps its own batches, metadata and checks; 1: a run per partition.
+    #: Blocking mode always runs one partition per run (each run waits for its batches).
+    max_partitions_per_run: int = 10
     #: Seconds between two sensor ticks.
     sensor_minimum_interval_seconds: int = 30
     #: Seconds one tick may spend polling (keep it under the deployment's sensor timeout, 60 s by default).
@@ -89,6 +94,8 @@ class PipelineOptions:
             raise ValueError(f"policy must be 'fail' or 'quarantine', not {self.policy!r}")
         if self.on_stale not in ("resend", "report"):
             raise ValueError(f"on_stale must be 'resend' or 'report', not {self.on_stale!r}")
+        if self.max_partitions_per_run < 1:
+            raise ValueError(f"max_partitions_per_run must be >= 1, got {self.max_partitions_per_run}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if not 0 <= self.failure_rate_threshold <= 1:

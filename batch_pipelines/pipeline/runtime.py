@@ -4,13 +4,16 @@ One :class:`PipelineRuntime` per pipeline holds its name, request spec, options 
 It turns a Dagster context into the Dagster-free parts below it: request files
 (:mod:`batch_pipelines.requests`), the partition's folder and lock and the submit-once engine
 (:mod:`batch_pipelines.submission`), and records what happened in the ledger. The results step is
-:mod:`batch_pipelines.pipeline.collect`.
+:mod:`batch_pipelines.pipeline.collect`. A run may cover several partitions (a backfill's
+``multi_run`` policy): each is built and submitted on its own (:mod:`batch_pipelines.pipeline.run_partitions`).
 """
 
 # No ``from __future__ import annotations``: Dagster reads annotations of the functions it wraps.
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -33,6 +36,7 @@ from batch_pipelines.pipeline.metadata import first_requests, rejected_preview, 
 from batch_pipelines.pipeline.options import PipelineOptions
 from batch_pipelines.pipeline.progress import BatchState, console_metadata, finished_metadata
 from batch_pipelines.pipeline.resource import BatchProviderResource
+from batch_pipelines.pipeline.run_partitions import load_source, run_partitions
 from batch_pipelines.providers import Batch, BatchProvider
 from batch_pipelines.requests import (
     FINGERPRINT_COLUMN,
@@ -74,6 +78,7 @@ class PipelineRuntime:
     name: str
     spec: RequestSpec
     options: PipelineOptions
+    source_key: dg.AssetKey
     requests_key: dg.AssetKey
     batch_key: dg.AssetKey
     results_key: dg.AssetKey
@@ -136,9 +141,54 @@ class PipelineRuntime:
         return wait_for_batches(context.log, provider, ids, max_workers=resource.max_concurrent_polls, delay=resource.poll_delay)
 
     # ---- <name>_requests ------------------------------------------------------------------------
-    def build_requests(self, context: dg.AssetExecutionContext, source: pd.DataFrame) -> dg.MaterializeResult:
+    def build_requests(self, context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Each partition of the run's request files, with its own metadata.
+
+        A run over several partitions first checks every partition's rows: one with rows that
+        cannot become requests fails the run, naming each such partition, before any partition's
+        files are rewritten (or its superseded batches cancelled), so no partition of the run is
+        submitted with part of the others.
+        """
+        partitions = run_partitions(context)
+        if len(partitions) > 1:
+            self.check_partitions(context, partitions)
+        for partition in partitions:
+            metadata = self.build_partition_requests(context, partition, load_source(context, self.source_key, partition))
+            context.add_asset_metadata(metadata, **({"partition_key": partition} if partition is not None else {}))
+        return dg.MaterializeResult()
+
+    def check_partitions(self, context: dg.AssetExecutionContext, partitions: Sequence[str | None]) -> None:
+        """Refuse the run if any partition's rows cannot become requests (built aside, then dropped)."""
         resource = self.resource(context)
-        partition = context.partition_key if context.has_partition_key else None
+        refused: dict[str, RequestValidationError] = {}
+        for partition in partitions:
+            source = load_source(context, self.source_key, partition)
+            with tempfile.TemporaryDirectory(prefix="batch_pipelines_check_") as scratch:
+                try:
+                    build_request_files(
+                        source, self.spec, Path(scratch), profile=resource.profile, policy=self.options.policy,
+                        max_requests_per_shard=self.options.max_requests_per_shard,
+                    )  # fmt: skip
+                except RequestValidationError as exc:
+                    refused[str(partition)] = exc
+        if refused:
+            details = "\n".join(f"partition {p}: {exc}" for p, exc in refused.items())
+            raise dg.Failure(
+                description=(
+                    f"{len(refused)} of {len(partitions)} partitions of this run have rows that cannot become requests; "
+                    f"no request file was written and nothing submitted for any partition of the run "
+                    f"(fix the rows, or policy='quarantine' to send the valid ones):\n{details}"
+                ),
+                metadata={
+                    "refused_partitions": dg.MetadataValue.json(sorted(refused)),
+                    "problems": dg.MetadataValue.json({p: exc.counts for p, exc in refused.items()}),
+                },
+                allow_retries=False,
+            )
+
+    def build_partition_requests(self, context: dg.AssetExecutionContext, partition: str | None, source: pd.DataFrame) -> dict[str, Any]:
+        """One partition's request files; the metadata of its materialization."""
+        resource = self.resource(context)
         folder = self.folder(resource, context.instance, partition)
         out_dir = folder.attempt(1)
         send_once = self.send_once(context, resource)
@@ -180,7 +230,7 @@ class PipelineRuntime:
             metadata["superseded_batches"] = dg.MetadataValue.json(cancelled)
         if kept:
             metadata["answers_kept_from_superseded"] = len(kept)
-        return dg.MaterializeResult(metadata=metadata)
+        return metadata
 
     def write_requests(
         self, source: pd.DataFrame, resource: BatchProviderResource, folder: PartitionFolder, send_once: SendOnce | None
@@ -257,10 +307,38 @@ class PipelineRuntime:
 
     # ---- <name>_batch ---------------------------------------------------------------------------
     def submit_batches(self, context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
-        """Submit the shards; record the submission. The asset is materialized when the batches have ended:
-        by the sensor, or here in blocking mode."""
+        """Submit each partition's shards; record each submission. The asset is materialized when the
+        batches have ended: by the sensor, or here in blocking mode (one partition per run).
+
+        A partition that cannot be submitted (no request files, over budget, the provider
+        refusing) does not stop the run's other partitions: they are submitted and recorded, then
+        the run fails naming the partitions that were not.
+        """
+        partitions = run_partitions(context)
+        if self.options.blocking:
+            if len(partitions) > 1:
+                raise dg.Failure(f"{self.name} runs in blocking mode: one partition per run, not {len(partitions)}")
+            yield from self.submit_partition(context, partitions[0])
+            return
+        failed: dict[str, str] = {}
+        for partition in partitions:
+            try:
+                yield from self.submit_partition(context, partition)
+            except Exception as exc:  # noqa: BLE001 - reported with the partition, after the others went
+                if len(partitions) == 1:
+                    raise
+                failed[str(partition)] = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
+                context.log.error(f"{self.name} {partition}: not submitted: {failed[str(partition)]}")
+        if failed:
+            details = "\n".join(f"partition {p}: {why}" for p, why in failed.items())
+            raise dg.Failure(
+                description=f"{len(failed)} of {len(partitions)} partitions were not submitted (the others were):\n{details}",
+                metadata={"not_submitted": dg.MetadataValue.json(sorted(failed))},
+            )
+
+    def submit_partition(self, context: dg.AssetExecutionContext, partition: str | None) -> Iterator[dg.MaterializeResult]:
+        """Submit one partition's shards; record the submission (blocking mode: wait and materialize)."""
         resource = self.resource(context)
-        partition = context.partition_key if context.has_partition_key else None
         folder = self.folder(resource, context.instance, partition)
         manifest_path = folder.attempt(1) / MANIFEST_NAME
         with resource.get_provider() as provider, self.watching(context, provider, partition) as watched:

@@ -8,15 +8,16 @@ each round's latest attempt in the instance's key-value store, not in its cursor
 the due ones concurrently within a time budget (least recently polled first, the rest carried to
 the next tick), records progress as observations on ``<name>_batch``
 (:mod:`batch_pipelines.pipeline.progress`), and when every batch of the attempt is terminal
-materializes ``<name>_batch`` (once per round) and requests one ``<name>_results`` run, unless
+materializes ``<name>_batch`` (once per round) and requests ``<name>_results`` for it, unless
 the partition's results were joined from these batches already (a re-attached round, a first
-tick over an old history). A batch whose poll fails stays in flight with a growing delay; it
-never stops the others. A batch the provider refused because its token queue was full holds its
+tick over an old history). Partitions done in the same tick share runs over ranges of
+partitions (:mod:`batch_pipelines.pipeline.results_requests`), so a burst of finished
+partitions costs a few run requests, not one each. A batch whose poll fails stays in flight with
+a growing delay; it never stops the others. A batch the provider refused because its token queue was full holds its
 partition's results run back by the resource's ``resubmit_delay``: that run submits the shard
 again, and the queue has had time to drain.
 """
 
-import hashlib
 import secrets
 import time
 from collections.abc import Sequence
@@ -24,10 +25,8 @@ from collections.abc import Sequence
 import dagster as dg
 
 from batch_pipelines.pipeline.ledger import (
-    ATTEMPT_RUN_TAG,
     CONTROL_KEY,
     PAGE,
-    PIPELINE_RUN_TAG,
     ROUND_KEY,
     is_submission,
     metadata_int,
@@ -39,6 +38,7 @@ from batch_pipelines.pipeline.ledger import (
 from batch_pipelines.pipeline.options import DEFAULT_OPTIONS
 from batch_pipelines.pipeline.progress import ended_at, finished_metadata, in_flight_metadata, progress_metadata, started_at, usage_of
 from batch_pipelines.pipeline.resource import BatchProviderResource
+from batch_pipelines.pipeline.results_requests import results_run_requests
 from batch_pipelines.pipeline.sensor_state import Cursor, Group, SensorState, Tracked
 from batch_pipelines.providers import TERMINAL_STATUSES, Batch, poll_batches
 from batch_pipelines.submission import RESUBMIT_TAG, SubmittedBatch, partition_tag
@@ -52,6 +52,8 @@ def build_batch_sensor(
     batch_key: dg.AssetKey,
     results_key: dg.AssetKey,
     resource_key: str = DEFAULT_OPTIONS.resource_key,
+    partitions_def: dg.PartitionsDefinition | None = None,
+    max_partitions_per_run: int = DEFAULT_OPTIONS.max_partitions_per_run,
     minimum_interval_seconds: int = DEFAULT_OPTIONS.sensor_minimum_interval_seconds,
     tick_budget_seconds: float = DEFAULT_OPTIONS.sensor_tick_budget_seconds,
     default_status: dg.DefaultSensorStatus = DEFAULT_OPTIONS.sensor_default_status,
@@ -60,6 +62,8 @@ def build_batch_sensor(
 
     ``tick_budget_seconds`` bounds the time spent polling in one tick (keep it under the sensor
     timeout of your deployment, 60 s by default); batches not polled in time go first next tick.
+    Partitions whose batches ended in the same tick share results runs: one per range of
+    neighbouring partitions (in ``partitions_def``'s order) of at most ``max_partitions_per_run``.
     """
 
     @dg.sensor(
@@ -117,7 +121,7 @@ def build_batch_sensor(
         # What this tick reports on a group waits, under this token, for a stored cursor to carry it.
         token = secrets.token_hex(6)
         events: list[dg.AssetObservation | dg.AssetMaterialization] = []
-        runs: list[dg.RunRequest] = []
+        ready: list[Group] = []
         for group in groups:
             states = [b.state() for b in group.batches]
             mine = {b.id: links[b.id] for b in group.batches if b.id in links}
@@ -140,8 +144,9 @@ def build_batch_sensor(
             if results_cover(context.instance, requests_key, results_key, group.partition, ids):
                 context.log.info(f"{partition_tag(group.partition)}: results already joined from batches {ids}; no results run")
             else:
-                runs.append(_results_run(name, results_key, group))
+                ready.append(group)
             group.pending, group.handed_off = token, True
+        runs = results_run_requests(context.instance, name, results_key, ready, partitions_def, most=max_partitions_per_run)
         if changed or report_again:
             events.append(dg.AssetObservation(asset_key=batch_key, metadata=in_flight_metadata([[b.state() for b in g.batches] for g in groups])))
         state.save()
@@ -216,13 +221,3 @@ def _hold_if_refused(
         delay = resource.resubmit_delay(refusals)
         entry.hold_until = now + delay
         context.log.warning(f"batch {batch.id} refused: the provider's queue is full; its shard goes again in {delay:.0f}s")
-
-
-def _results_run(name: str, results_key: dg.AssetKey, group: Group) -> dg.RunRequest:
-    ids = hashlib.sha256(",".join(sorted(b.id for b in group.batches)).encode()).hexdigest()[:12]
-    return dg.RunRequest(
-        run_key=f"{name}:{partition_tag(group.partition)}:round{group.round}:attempt{group.attempt}:{ids}",
-        partition_key=group.partition,
-        asset_selection=[results_key],
-        tags={PIPELINE_RUN_TAG: name, ATTEMPT_RUN_TAG: str(group.attempt)},
-    )

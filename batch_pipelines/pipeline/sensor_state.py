@@ -17,7 +17,9 @@ finishing materialization, the results run) was lost with it. So a group the tic
 carries the tick's token (``pending``) until a later tick finds that token in its cursor (the tick
 was stored: the group is handed off, and dropped when it had ended) or does not (the tick was lost:
 the report is made again). Reporting twice is harmless: the results run's run key, and the
-ledger's ``round_finished`` / ``results_cover``, keep anything from running twice. A cursor reset
+ledger's ``round_finished`` / ``results_cover``, keep anything from running twice. A results run
+covers a range of partitions, so each group keeps the run key it was handed off in: the tick made
+again asks for the same run, even when more partitions have finished since. A cursor reset
 from the UI starts over: the state is dropped and rebuilt from the event log.
 """
 
@@ -83,6 +85,9 @@ class Group(BaseModel):
     pending: str | None = None
     #: The reporting tick handed the ended group off (materialization, results run): dropped once it is stored.
     handed_off: bool = False
+    #: The run key of the results run the group was handed off in, kept past a lost tick so that
+    #: the tick made again asks for that very run (same partitions, same key), not another range.
+    run_key: str | None = None
 
     @property
     def done(self) -> bool:

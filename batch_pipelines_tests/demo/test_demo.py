@@ -93,6 +93,20 @@ def test_parquet_io_manager_writes_one_file_per_partition(tmp_path: Path) -> Non
     assert not list(tmp_path.rglob("*.partial"))
 
 
+def test_parquet_io_manager_writes_each_partition_of_a_run_over_several(tmp_path: Path) -> None:
+    days = dg.StaticPartitionsDefinition(["a", "b", "c"])
+
+    @dg.asset(partitions_def=days, io_manager_key="parquet")
+    def numbers(context: dg.AssetExecutionContext) -> dict[str, pd.DataFrame]:
+        return {day: pd.DataFrame({"day": [day] * 2}) for day in context.partition_keys}
+
+    resources = {"parquet": ParquetIOManager(base_dir=str(tmp_path))}
+    assert dg.materialize([numbers], resources=resources, tags={"dagster/asset_partition_range_start": "a", "dagster/asset_partition_range_end": "b"}).success
+
+    assert sorted(p.name for p in (tmp_path / "numbers").iterdir()) == ["a.parquet", "b.parquet"]
+    assert pd.read_parquet(tmp_path / "numbers" / "b.parquet")["day"].tolist() == ["b"] * 2
+
+
 def test_parquet_io_manager_rejects_what_is_not_a_dataframe(tmp_path: Path) -> None:
     @dg.asset(io_manager_key="parquet")
     def not_a_frame() -> dict[str, int]:

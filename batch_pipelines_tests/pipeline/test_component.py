@@ -124,7 +124,8 @@ def test_the_request_templates_are_not_taken_for_component_templates():
     spec = component.request.to_spec()
     assert spec.input_template == "Summarize: {body}" and spec.columns == ["body"]
     pipeline = component.build_pipeline()
-    assert pipeline.requests_asset.keys_by_input_name["source"] == dg.AssetKey(["raw", "articles"])
+    [spec] = pipeline.requests_asset.specs
+    assert [d.asset_key for d in spec.deps] == [dg.AssetKey(["raw", "articles"])]
     # No provider block: the embedded local provider, bound under the pipeline's resource key.
     assert not component.provider.model_fields_set
     assert component_defs(component).resources["batch_provider"].provider == "local"

@@ -61,10 +61,10 @@ def test_budget_carries_batches_over_and_a_failing_batch_does_not_stop_the_other
     assert carried & {i for i, t in after_second.items() if t}
 
     for _ in range(20):
-        if len(h.requested) >= 5:
+        if len(h.requested_partitions()) >= 5:
             break
         h.tick()
-    assert sorted(r.partition_key for r in h.requested) == days[:5]
+    assert h.requested_partitions() == days[:5]
     [stuck] = h.tracked()
     assert stuck.partition == days[5]
     assert {b.id: b.errors > 0 for b in stuck.batches} == {ids[5]: False, _UNKNOWN: True}
@@ -88,3 +88,24 @@ def test_a_new_materialization_supersedes_the_partition_round(harness, service, 
     assert isinstance(done, dg.AssetMaterialization) and done.metadata["batches"].value == 2
     assert progress.metadata["progress"].value == "2 of 2 requests done (100%), 0 failed"
     assert in_flight.metadata["batches_in_flight"].value == 0
+
+
+def test_partitions_done_together_share_a_run_request_which_a_lost_tick_asks_again_as_it_was(harness, service, tmp_path):
+    h = harness(rows=1)
+    days = DAYS.get_partition_keys()[:3]
+    ids = create_batches(service, 3, tmp_path)
+    h.tick()  # a stored cursor, nothing in flight yet
+    for day, batch_id in zip(days[:2], ids):
+        record(h.instance, h.pipeline.batch_asset.key, day, [batch_id])
+
+    lost = h.evaluate()  # the daemon dies in this tick: its cursor, events and runs are never stored ...
+    [asked] = lost.run_requests
+    assert h.partitions_of(asked) == days[:2]  # two partitions done together: one run request
+    record(h.instance, h.pipeline.batch_asset.key, days[2], [ids[2]])  # ... and a neighbour finishes meanwhile
+
+    made_again = h.tick().run_requests
+
+    # The same run again (same key: launched once), not another range; the neighbour in a run of its own.
+    assert [r.run_key for r in made_again if r.run_key == asked.run_key] == [asked.run_key]
+    assert sorted(p for r in made_again for p in h.partitions_of(r)) == days
+    assert len(made_again) == 2

@@ -45,7 +45,7 @@ from batch_pipelines.local_service import FAULTS_METADATA_KEY, BatchEngine, Faul
 from batch_pipelines.submission import ATTEMPT_TAG, FINGERPRINT_TAG, PARTITION_TAG
 from batch_pipelines_tests.support.child_runs import start_child
 from batch_pipelines_tests.reliability.duplicates import ran, recorded_tags, unrecorded_duplicates
-from batch_pipelines_tests.support.driver import KEY_ENV, RUN_KEY_TAG, Harness, build, make_resource, make_texts
+from batch_pipelines_tests.support.driver import KEY_ENV, RUN_KEY_TAG, Harness, build, make_resource, make_texts, partitions_of_tags
 from batch_pipelines_tests.support.profiles import OPENAI, Profile
 from batch_pipelines_tests.support.service import LocalService, sent_fingerprints, service_batches, start_service
 from batch_pipelines_tests.support.waiting import wait_until
@@ -235,6 +235,10 @@ class World:
 
     def launched_run_keys(self) -> Counter[str]:
         return Counter(r.tags[RUN_KEY_TAG] for r in self.instance.get_runs() if r.tags.get(RUN_KEY_TAG))
+
+    def launched_partitions(self) -> Counter[str]:
+        """How many runs launched for a run key (the sensor's) covered each partition."""
+        return Counter(p for r in self.instance.get_runs() if r.tags.get(RUN_KEY_TAG) for p in partitions_of_tags(r.tags))
 
     # ---- what the service and Dagster hold ---------------------------------------------------------
     def batches(self) -> list[dict[str, Any]]:

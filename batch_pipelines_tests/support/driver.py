@@ -22,6 +22,10 @@ from batch_pipelines_tests.support.waiting import wait_until
 
 #: The tag Dagster gives a run launched for a run request with a run key.
 RUN_KEY_TAG = "dagster/run_key"
+#: The tag of a run of one partition, and those of a run over a range of partitions.
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 #: The environment variable the tests' resource reads its API key from (dg.EnvVar).
 KEY_ENV = "BATCH_PIPELINES_TEST_KEY"
 DAYS = dg.DailyPartitionsDefinition(start_date="2024-01-01")
@@ -162,6 +166,14 @@ class Harness:
         self.executed.append(result)
         return result
 
+    def partitions_of(self, request: dg.RunRequest) -> list[str]:
+        """The partitions a requested run covers: its partition, or the range its tags name."""
+        return [request.partition_key] if request.partition_key is not None else partitions_of_tags(request.tags)
+
+    def requested_partitions(self) -> list[str]:
+        """Every partition the sensor asked results for so far, sorted (one entry per request of it)."""
+        return sorted(p for request in self.requested for p in self.partitions_of(request))
+
     def execute(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         """Run a requested run whatever its run key (a test replaying a request)."""
         result = self.run(list(request.asset_selection or []), request.partition_key, tags=request.tags)
@@ -211,6 +223,21 @@ class Harness:
 
 def _plain(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
+
+def partitions_of_tags(tags: Mapping[str, str]) -> list[str]:
+    """The partitions a run with these tags covers: its partition, or the range the tags name."""
+    if PARTITION_TAG in tags:
+        return [tags[PARTITION_TAG]]
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    if start is None or end is None:
+        return []
+    return list(DAYS.get_partition_keys_in_range(dg.PartitionKeyRange(start, end)))
+
+
+def range_tags(partitions: Sequence[str]) -> dict[str, str]:
+    """The tags of one run over ``partitions`` (neighbours, in order), as a backfill sets them."""
+    return {RANGE_START_TAG: partitions[0], RANGE_END_TAG: partitions[-1]}
 
 
 def build(name: str = "classify", **options: Any) -> BatchPipeline:
