@@ -71,7 +71,8 @@ class _DyingResource(BatchProviderResource):
         provider = super().get_provider()
         if isinstance(provider, RecordedBatches):  # the records where the real resource keeps them
             provider.close()
-            return RecordedBatches(_AnthropicDiesAfterSubmit(self.profile, api_key=self.api_key, base_url=self.base_url), provider.root)
+            dying = _AnthropicDiesAfterSubmit(self.profile, api_key=self.api_key, base_url=self.base_url)
+            return RecordedBatches(dying, provider.storage, provider.folder)
         provider.close()
         dying = _GeminiDiesAfterSubmit if self.profile.protocol == "gemini" else _DiesAfterSubmit
         return dying(self.profile, api_key=self.api_key, base_url=self.base_url)
