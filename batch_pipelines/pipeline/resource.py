@@ -141,7 +141,7 @@ class BatchProviderResource(dg.ConfigurableResource):
         ),
     )
     storage_options: dict[str, Any] = Field(
-        default_factory=dict,
+        default={},  # (a copy per resource: pydantic copies mutable defaults)
         description=(
             "Options of storage_dir's filesystem, e.g. {'endpoint_url': 'http://minio:9000'} or "
             "{'client_kwargs': {'region_name': 'eu-west-1'}}; never credentials: those come from the "

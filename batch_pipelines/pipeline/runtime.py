@@ -188,29 +188,28 @@ class PipelineRuntime:
                     # What the cancelled batches finished is in the reuse store now: those rows are not sent again.
                     manifest = self.write_requests(context, source, resource, copy, folder, partition, self.send_once(context, copy))
                     fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
-            manifest_url = copy.url(folder.attempt(1) / MANIFEST_NAME)
-        metadata: dict[str, Any] = {
-            "rows": manifest.rows,
-            "requests": manifest.requests,
-            "rejected_rows": len(manifest.rejected),
-            "rows_reused": manifest.held_back,
-            "reuse": "on" if send_once is not None else ("off for this run" if self.options.reuse else "off"),
-            "shards": len(manifest.shards),
-            "bytes": sum(s.bytes for s in manifest.shards),
-            "fingerprints": dg.MetadataValue.json(fingerprints),
-            "manifest": dg.MetadataValue.path(manifest_url),
-            "preview": dg.MetadataValue.json(first_requests(manifest, 3)),
-            "dagster/row_count": manifest.requests,
-            SOURCE_DIGEST_KEY: frame_digest(source) or "",
-        }
-        if manifest.rejected:
-            metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
-        metadata.update(self.estimate_metadata(resource, manifest))
-        if cancelled:
-            metadata["superseded_batches"] = dg.MetadataValue.json(cancelled)
-        if kept:
-            metadata["answers_kept_from_superseded"] = len(kept)
-        return dg.MaterializeResult(metadata=metadata)
+            metadata: dict[str, Any] = {
+                "rows": manifest.rows,
+                "requests": manifest.requests,
+                "rejected_rows": len(manifest.rejected),
+                "rows_reused": manifest.held_back,
+                "reuse": "on" if send_once is not None else ("off for this run" if self.options.reuse else "off"),
+                "shards": len(manifest.shards),
+                "bytes": sum(s.bytes for s in manifest.shards),
+                "fingerprints": dg.MetadataValue.json(fingerprints),
+                "manifest": dg.MetadataValue.path(copy.url(folder.attempt(1) / MANIFEST_NAME)),
+                "preview": dg.MetadataValue.json(first_requests(manifest, 3)),
+                "dagster/row_count": manifest.requests,
+                SOURCE_DIGEST_KEY: frame_digest(source) or "",
+            }
+            if manifest.rejected:
+                metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
+            metadata.update(self.estimate_metadata(resource, manifest))
+            if cancelled:
+                metadata["superseded_batches"] = dg.MetadataValue.json(cancelled)
+            if kept:
+                metadata["answers_kept_from_superseded"] = len(kept)
+            return dg.MaterializeResult(metadata=metadata)
 
     def write_requests(
         self,
