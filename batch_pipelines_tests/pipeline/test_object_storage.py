@@ -32,26 +32,8 @@ def _no_local_storage(tmp_path: Path, instance) -> None:
     assert not (Path(instance.storage_directory()) / "batch_pipelines").exists()
 
 
-def test_the_pipeline_keeps_every_file_in_the_bucket(on_s3, s3_bucket, service, instance, tmp_path):
-    h = on_s3(rows=12, max_requests_per_shard=5)
-
-    h.submit([DAY])
-    h.drive([DAY])
-
-    frame = h.results(DAY)
-    assert len(frame) == 12 and frame["custom_id"].is_unique and set(frame["outcome"]) == {"succeeded"}
-    keys = s3_bucket.keys()
-    folder = f"{h.pipeline.name}/{DAY}"
-    assert {f"{folder}/attempt-1/{name}" for name in ("manifest.json", "ids.parquet", *(f"shard-0000{i}.jsonl" for i in range(3)))} <= set(keys)
-    assert sum(k.startswith(f"{folder}/downloads/") for k in keys) == 3  # each batch's results, for later runs
-    assert any(k.startswith(f"{h.pipeline.name}/_reuse/") for k in keys)
-    assert len(service_batches(service)) == 3
-    _no_local_storage(tmp_path, instance)
-    cleanup = h.latest_metadata(h.pipeline.results_asset, DAY)["storage_cleanup"]
-    assert cleanup == {"files_deleted": 0, "bytes_deleted": 0, "partitions": 0}  # nothing is old yet
-
-
 def test_two_run_workers_sharing_only_the_instance_and_the_bucket_submit_once(on_s3, s3_bucket, service, instance, tmp_path):
+    """Requests built here, submitted by two racing run workers, results joined here: all through the bucket."""
     h = on_s3(rows=8, max_requests_per_shard=3)
     h.materialize([h.texts, h.pipeline.requests_asset], DAY)
     workers = []
@@ -86,3 +68,10 @@ def test_two_run_workers_sharing_only_the_instance_and_the_bucket_submit_once(on
     for n in range(2):
         assert not list((tmp_path / f"worker-{n}" / "tmp").iterdir())  # each worker's scratch copy went with its steps
     _no_local_storage(tmp_path, instance)
+    keys = set(s3_bucket.keys())
+    folder = f"{h.pipeline.name}/{DAY}/attempt-1"
+    assert {f"{folder}/{name}" for name in ("manifest.json", "ids.parquet", *(f"shard-0000{i}.jsonl" for i in range(3)))} <= keys
+    assert sum(k.startswith(f"{h.pipeline.name}/{DAY}/downloads/") for k in keys) == 3  # for later runs: none downloads again
+    assert any(k.startswith(f"{h.pipeline.name}/_reuse/") for k in keys)
+    cleanup = h.latest_metadata(h.pipeline.results_asset, DAY)["storage_cleanup"]
+    assert cleanup == {"files_deleted": 0, "bytes_deleted": 0, "partitions": 0}  # nothing is old yet

@@ -119,3 +119,8 @@ def test_a_partition_with_recent_files_is_left_whole_unless_settled(tmp_path):
         "pipe/old/attempt-1/shard-00000.jsonl",
         "pipe/old/attempt-2/shard-00000.jsonl",
     ]
+
+
+def test_an_unknown_filesystem_is_named():
+    with pytest.raises(ValueError, match="nosuch://bucket/x"):
+        Storage("nosuch://bucket/x")
