@@ -94,8 +94,12 @@ class PartitionLock:
         return sorted({slot.run_id for slot in storage.get_concurrency_info(key).claimed_slots})
 
     def _free_dead_holders(self, storage, key: str) -> None:  # noqa: ANN001
-        """Free the slots of holding runs no longer in progress (ended, or deleted), and of holders gone from this host."""
-        for slot in storage.get_concurrency_info(key).claimed_slots:
+        """Free the slots of holders (or of waiters the slot was assigned to) whose run is no longer in
+        progress (ended, or deleted), or whose process is gone from this host."""
+        info = storage.get_concurrency_info(key)
+        # A waiter that died is still queued: once the slot is assigned to it, it blocks like a holder.
+        assigned = [step for step in info.pending_steps if step.assigned_timestamp is not None]
+        for slot in [*info.claimed_slots, *assigned]:
             if _process_gone(slot.step_key):
                 self._note(key, slot.run_id, "its process on this host is gone")
                 storage.free_concurrency_slot_for_step(slot.run_id, slot.step_key)
