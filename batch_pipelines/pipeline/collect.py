@@ -183,7 +183,7 @@ def _join_attempt(
     # A shard submitted again after a full queue: its latest batch is the one that ran.
     by_shard = {b.shard: batches[b.batch_id] for b in current.batches if b.attempt == attempt}
     # What an earlier run downloaded is not downloaded again (nor is it still at the provider, if deleted there).
-    copy.pull(folder.downloads, names={name for batch in by_shard.values() for name in _result_names(batch)})
+    copy.pull(folder.downloads, prefixes=[f"{batch.id}." for batch in by_shard.values()])
     files = [_download(context, resource, provider, batch, folder) for batch in by_shard.values()]
     copy.push(folder.downloads)
     joined = _results.join_attempt(
@@ -202,11 +202,6 @@ def _join_attempt(
             f"{found.unknown_lines} with an unknown custom_id (e.g. {found.unknown_examples[:3]})"
         )
     return joined.frame, joined.anomalies
-
-
-def _result_names(batch: Batch) -> tuple[str, ...]:
-    """The names a batch's result files may have in the downloads (see BatchProvider.download_results)."""
-    return (f"{batch.id}.output.jsonl", f"{batch.id}.errors.jsonl")
 
 
 def _clean_up(rt: PipelineRuntime, context: dg.AssetExecutionContext, copy: WorkingCopy, partition: str | None) -> Cleanup:

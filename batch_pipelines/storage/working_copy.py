@@ -63,14 +63,17 @@ class WorkingCopy:
             return str(local)
         return f"{self.storage.url.rstrip('/')}/{self.stored(local)}"
 
-    def pull(self, folder: Path, names: Collection[str] | None = None) -> Path:
-        """Fetch the stored files under ``folder`` (a local path of this copy; only ``names`` in it if given)."""
+    def pull(self, folder: Path, names: Collection[str] | None = None, prefixes: Collection[str] | None = None) -> Path:
+        """Fetch the stored files under ``folder`` (a local path of this copy; only ``names`` in it, or
+        names starting with one of ``prefixes``, if given)."""
         if not self.copies:
             return folder
         base = self.stored(folder)
         for stored in self.storage.files(base):
             name = stored.path[len(base) :].lstrip("/")
             if names is not None and name not in names:
+                continue
+            if prefixes is not None and not any(name.startswith(p) for p in prefixes):
                 continue
             target = self.local(stored.path)
             if self._fetched.get(stored.path) == (stored.size, stored.modified) and target.exists():
