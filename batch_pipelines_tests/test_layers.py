@@ -18,14 +18,15 @@ PACKAGE = Path(batch_pipelines.__file__).parent
 #: Each layer and the layers it may import, bottom up (profiles is the leaf every layer reads).
 LAYERS = {
     "profiles": set(),
+    "storage": set(),
     "local_service": {"profiles"},
     "providers": {"profiles", "local_service"},
     "requests": {"profiles", "providers"},
-    "results": {"profiles", "providers", "requests"},
-    "submission": {"profiles", "providers", "requests"},
-    "pipeline": {"profiles", "providers", "requests", "results", "submission"},
+    "results": {"profiles", "providers", "requests", "storage"},
+    "submission": {"profiles", "providers", "requests", "storage"},
+    "pipeline": {"profiles", "providers", "requests", "results", "storage", "submission"},
     "cli": {"profiles", "local_service", "providers"},
-    "demo": {"profiles", "providers", "requests", "results", "submission", "pipeline"},
+    "demo": {"profiles", "providers", "requests", "results", "storage", "submission", "pipeline"},
 }
 #: Where ``import dagster`` may stand.
 DAGSTER_FACE = {"pipeline", "demo"}
@@ -136,7 +137,7 @@ def test_layers_load_without_dagster():
     code = (
         "import sys\n"
         "import batch_pipelines.local_service, batch_pipelines.providers, batch_pipelines.requests,"
-        " batch_pipelines.results, batch_pipelines.submission\n"
+        " batch_pipelines.results, batch_pipelines.storage, batch_pipelines.submission\n"
         "assert 'dagster' not in sys.modules, sorted(m for m in sys.modules if m.startswith('dagster'))[:5]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,8 +5,10 @@ while retryable rows remain and attempts are left, submits them again as a follo
 (recorded as an observation; the sensor tracks it) instead of materializing. A shard the provider
 refused because its token queue was full (``token_limit_exceeded``) is submitted again the same
 way, after a delay, without spending an attempt of its rows. The final materialization is the
-whole table, every row once, with counts, tokens, cost and checks. A run over several partitions
-joins each on its own (:mod:`batch_pipelines.pipeline.run_partitions`).
+whole table, every row once, with counts, tokens, cost and checks; then the pipeline's stored
+files older than ``storage_retention_days`` are deleted (:mod:`batch_pipelines.storage.retention`):
+this partition's round is over, other partitions' files only when none is recent. A run over
+several partitions joins each on its own (:mod:`batch_pipelines.pipeline.run_partitions`).
 """
 
 import functools
@@ -29,7 +31,8 @@ from batch_pipelines.pipeline.run_partitions import load_source, partition_check
 from batch_pipelines.pipeline.runtime import PipelineRuntime
 from batch_pipelines.providers import Batch, BatchProvider, ResultFiles, poll_batches
 from batch_pipelines.requests import RequestManifest, RequestValidationError, frame_digest
-from batch_pipelines.submission import PartitionFolder, SubmittedBatch, partition_lock
+from batch_pipelines.storage import Cleanup, WorkingCopy, clean_up
+from batch_pipelines.submission import REUSE_FOLDER, PartitionFolder, SubmittedBatch, partition_dir
 
 __all__ = ["Joined", "collect_results", "join_partition"]
 
@@ -92,11 +95,24 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, outp
 def join_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, partition: str | None, source: pd.DataFrame) -> Joined | None:
     """Join one partition's round; submit a retry and return None (blocking mode: wait), or its final table."""
     resource = rt.resource(context)
-    folder = rt.folder(resource, context.instance, partition)
     current = load_round(context.instance, rt.batch_key, rt.results_key, partition)
     if current is None:
         raise dg.Failure(f"no batches recorded for this partition: materialize {rt.name}_batch first")
-    first = rt.manifest(folder, 1)
+    with rt.files(context, resource) as copy:
+        return _collect(rt, context, resource, copy, source, partition, current)
+
+
+def _collect(
+    rt: PipelineRuntime,
+    context: dg.AssetExecutionContext,
+    resource: BatchProviderResource,
+    copy: WorkingCopy,
+    source: pd.DataFrame,
+    partition: str | None,
+    current: Round,
+) -> Joined | None:
+    folder = rt.folder(copy, partition)
+    first = rt.manifest(copy, folder, 1)
     if first.rows != len(source):
         raise dg.Failure(
             f"the source has {len(source)} rows but the request files were built from {first.rows}: "
@@ -110,7 +126,7 @@ def join_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, parti
         )  # fmt: skip
     except RequestValidationError as exc:
         raise dg.Failure(description=f"the source no longer makes valid requests: {exc}", allow_retries=False) from None
-    store = rt.reuse_store(resource, context.instance)
+    store = rt.reuse_store(copy)
     # The store's answers, read once per results run and only if a row was held back.
     known = functools.cache(store.known) if store is not None else (lambda: None)
     blocking = rt.options.blocking
@@ -120,12 +136,12 @@ def join_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, parti
             batches = _terminal_batches(rt, context, resource, provider, current)
             refused = _refused(current, batches, resource.max_resubmits)
             if refused and not current.cancelled:
-                current = _resubmit(rt, context, resource, provider, folder, partition, current, refused)
+                current = _resubmit(rt, context, resource, provider, copy, folder, partition, current, refused)
                 if not blocking:
                     return None  # the sensor tracks the new batches and launches this asset again
                 continue
             joined = [
-                _join_attempt(context, resource, provider, rt, source, ids, current_fingerprints, known, first, folder, current, batches, attempt)
+                _join_attempt(context, resource, provider, rt, source, ids, current_fingerprints, known, first, copy, folder, current, batches, attempt)
                 for attempt in range(1, current.attempt + 1)
             ]
             frames = [frame for frame, _ in joined]
@@ -141,11 +157,12 @@ def join_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, parti
             if plan.empty or current.cancelled:
                 break
             submitter = rt.submitter(context, resource, provider, partition)
-            with partition_lock(folder.lock_path):
+            with rt.lock(context, partition):
                 retry = _results.build_retry_requests(
                     plan, source, ids, rt.spec, folder.attempt(plan.attempt), profile=resource.profile, policy=rt.options.policy,
-                    send_once=rt.send_once(context, resource),
+                    send_once=rt.send_once(context, copy),
                 )  # fmt: skip
+                copy.push(folder.attempt(plan.attempt), exact=True)
                 retry_cost = rt.check_budget(context, resource, retry, spent=summary.cost_usd or 0.0)
                 records = [s.record for s in submitter.submit(retry, asset=rt.results_key.to_user_string())]
             context.log_event(
@@ -168,7 +185,8 @@ def join_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, parti
                 return None  # the sensor tracks the retry and launches this asset again when it is done
 
     if store is not None:
-        store.record(_results.fresh_answers(frame, _results.answer_columns(frame, source.columns)))
+        rt.record_answers(copy, store, _results.fresh_answers(frame, _results.answer_columns(frame, source.columns)))
+    cleanup = _clean_up(rt, context, copy, partition)
     metadata: dict[str, Any] = {
         **summary_metadata(summary),
         "attempts": current.attempt,
@@ -178,6 +196,9 @@ def join_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, parti
         "dagster/row_count": len(frame),
         "dagster/column_schema": column_schema(frame),
         SOURCE_DIGEST_KEY: frame_digest(source) or "",
+        "storage_cleanup": dg.MetadataValue.json(
+            {"files_deleted": cleanup.files, "bytes_deleted": cleanup.bytes, "partitions": cleanup.partitions}
+        ),
     }
     checks = evaluate_checks(
         frame,
@@ -200,6 +221,7 @@ def _join_attempt(
     fingerprints: pa.Array,
     known: Callable[[], _results.KnownAnswers | None],
     first: RequestManifest,
+    copy: WorkingCopy,
     folder: PartitionFolder,
     current: Round,
     batches: Mapping[str, Batch],
@@ -209,10 +231,13 @@ def _join_attempt(
 
     An answer stays only on a row whose content (``fingerprints``, the source's now) is what was sent.
     """
-    manifest = first if attempt == 1 else rt.manifest(folder, attempt)
+    manifest = first if attempt == 1 else rt.manifest(copy, folder, attempt)
     # A shard submitted again after a full queue: its latest batch is the one that ran.
     by_shard = {b.shard: batches[b.batch_id] for b in current.batches if b.attempt == attempt}
+    # What an earlier run downloaded is not downloaded again (nor is it still at the provider, if deleted there).
+    copy.pull(folder.downloads, prefixes=[f"{batch.id}." for batch in by_shard.values()])
     files = [_download(context, resource, provider, batch, folder) for batch in by_shard.values()]
+    copy.push(folder.downloads)
     joined = _results.join_attempt(
         source, ids, fingerprints, manifest, files,
         by_shard=by_shard,
@@ -231,6 +256,21 @@ def _join_attempt(
     return joined.frame, joined.anomalies
 
 
+def _clean_up(rt: PipelineRuntime, context: dg.AssetExecutionContext, copy: WorkingCopy, partition: str | None) -> Cleanup:
+    """Delete the pipeline's stored files past the retention (this partition's round just ended); logged."""
+    with rt.lock(context, partition):
+        cleanup = clean_up(
+            copy.storage, rt.name, retention_days=rt.options.storage_retention_days,
+            settled={partition_dir(partition)}, not_partitions={REUSE_FOLDER},
+        )  # fmt: skip
+    if cleanup.files:
+        context.log.info(
+            f"storage clean-up: deleted {cleanup.files} files ({cleanup.bytes} bytes) older than "
+            f"{rt.options.storage_retention_days:g} days in {cleanup.partitions} partition folders"
+        )
+    return cleanup
+
+
 def _download(
     context: dg.AssetExecutionContext, resource: BatchProviderResource, provider: BatchProvider, batch: Batch, folder: PartitionFolder
 ) -> ResultFiles:
@@ -247,6 +287,7 @@ def _resubmit(
     context: dg.AssetExecutionContext,
     resource: BatchProviderResource,
     provider: BatchProvider,
+    copy: WorkingCopy,
     folder: PartitionFolder,
     partition: str | None,
     current: Round,
@@ -262,10 +303,10 @@ def _resubmit(
         time.sleep(resource.resubmit_delay(max(refused.values())))
     submitter = rt.submitter(context, resource, provider, partition)
     records: list[SubmittedBatch] = []
-    with partition_lock(folder.lock_path):
+    with rt.lock(context, partition):
         for attempt in sorted({a for a, _ in refused}):
             shards = {shard: count for (a, shard), count in refused.items() if a == attempt}
-            submitted = submitter.submit(rt.manifest(folder, attempt), asset=rt.results_key.to_user_string(), resubmit=shards)
+            submitted = submitter.submit(rt.manifest(copy, folder, attempt, shards=True), asset=rt.results_key.to_user_string(), resubmit=shards)
             records += [s.record for s in submitted]
     context.log.warning(
         f"the provider's queue was full (token_limit_exceeded) for {len(records)} shards: submitted them again "

@@ -210,6 +210,7 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable):
     superseded_wait_seconds: float = DEFAULT_OPTIONS.superseded_wait_seconds
     reuse: bool = DEFAULT_OPTIONS.reuse
     reuse_retention_days: float = DEFAULT_OPTIONS.reuse_retention_days
+    storage_retention_days: float = DEFAULT_OPTIONS.storage_retention_days
     failure_rate_threshold: float = DEFAULT_OPTIONS.failure_rate_threshold
     blocking: bool = DEFAULT_OPTIONS.blocking
     cancel_on_termination: bool = DEFAULT_OPTIONS.cancel_on_termination

@@ -54,6 +54,10 @@ class PipelineOptions:
     reuse: bool = True
     #: Days an answer stays reusable; older ones are deleted from the reuse store.
     reuse_retention_days: float = DEFAULT_RETENTION_DAYS
+    #: Days a partition's stored files (request files of past attempts, downloaded results) are
+    #: kept; older ones are deleted after a results run, never the first or newest attempt of a
+    #: partition, nor the files of a partition that may have batches in flight.
+    storage_retention_days: float = 30.0
     #: The failure-rate check fails above this share of rows.
     failure_rate_threshold: float = 0.05
     #: Poll inside the run (small jobs, tests): materialize the three assets together; no sensor is built.
@@ -104,6 +108,9 @@ class PipelineOptions:
             raise ValueError(f"superseded_wait_seconds must be >= 0, got {self.superseded_wait_seconds}")
         if self.reuse_retention_days <= 0:
             raise ValueError(f"reuse_retention_days must be positive, got {self.reuse_retention_days}")
+        if self.storage_retention_days < 1:
+            # A round lasts up to a day (the completion window): younger files may be in use.
+            raise ValueError(f"storage_retention_days must be at least 1, got {self.storage_retention_days}")
         for name in ("max_cost_per_partition_usd", "max_cost_per_run_usd"):
             if (value := getattr(self, name)) is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")

@@ -53,6 +53,7 @@ from batch_pipelines.providers import (
     make_provider,
 )
 from batch_pipelines.results import Prices, table_prices
+from batch_pipelines.storage import Storage
 from batch_pipelines.submission import RecordedBatches, cancel_partition_batches
 
 __all__ = ["BatchProviderResource"]
@@ -138,8 +139,18 @@ class BatchProviderResource(dg.ConfigurableResource):
     storage_dir: str | None = Field(
         default=None,
         description=(
-            "Where request files, manifests and downloaded results are kept; unset: "
-            "<instance storage>/batch_pipelines. Must be shared by every run worker of the deployment."
+            "Where request files, manifests, downloaded results and the reuse store are kept: a local path "
+            "or an fsspec URL ('s3://bucket/prefix', 'gs://...', 'az://...'; s3 needs the 's3' extra); unset: "
+            "<instance storage>/batch_pipelines. Every run worker of the deployment must reach it (no shared disk "
+            "is needed with object storage)."
+        ),
+    )
+    storage_options: dict[str, Any] = Field(
+        default={},  # (a copy per resource: pydantic copies mutable defaults)
+        description=(
+            "Options of storage_dir's filesystem, e.g. {'endpoint_url': 'http://minio:9000'} or "
+            "{'client_kwargs': {'region_name': 'eu-west-1'}}; never credentials: those come from the "
+            "environment (AWS_ACCESS_KEY_ID..., a profile, an instance role) as the filesystem finds them."
         ),
     )
     poll_interval_seconds: float = Field(
@@ -210,6 +221,16 @@ class BatchProviderResource(dg.ConfigurableResource):
             raise ValueError(problem)
         return name
 
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if secrets := sorted(_credential_keys(options)):
+            raise ValueError(
+                f"storage_options {secrets}: credentials do not belong in configuration; set them in the "
+                "environment of every run worker (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE...)"
+            )
+        return options
+
     @model_validator(mode="after")
     def _forwarding_is_local(self) -> BatchProviderResource:
         if self.forward_url is not None and self.provider != LOCAL:
@@ -221,13 +242,13 @@ class BatchProviderResource(dg.ConfigurableResource):
             raise ValueError(f"{', '.join(stray)}: no effect without forward_url (the server requests are forwarded to)")
         return self
 
-    # Where the tags of batches at a provider without metadata are recorded (the storage root of
-    # the instance the resource was set up with): every run worker of the deployment sees them.
-    _records_root: Path | None = PrivateAttr(default=None)
+    # Where the tags of batches at a provider without metadata are recorded (the storage of the
+    # instance the resource was set up with): every run worker of the deployment sees them.
+    _records_storage: Storage | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if context.instance is not None:
-            self._records_root = self.storage_root(context.instance)
+            self._records_storage = self.storage(context.instance)
 
     @property
     def profile(self) -> ProviderProfile:
@@ -247,10 +268,10 @@ class BatchProviderResource(dg.ConfigurableResource):
         else:
             timeout = httpx.Timeout(self.request_timeout_seconds, connect=min(10.0, self.request_timeout_seconds))
             provider = make_provider(self.profile, api_key=self.api_key, base_url=self.base_url, timeout=timeout)
-        root = Path(self.storage_dir) if self.storage_dir else self._records_root
-        if provider.profile.supports_metadata or root is None:
+        storage = Storage(self.storage_dir, self.storage_options) if self.storage_dir else self._records_storage
+        if provider.profile.supports_metadata or storage is None:
             return provider
-        return RecordedBatches(provider, root / "_batch_records")
+        return RecordedBatches(provider, storage, _BATCH_RECORDS)
 
     def _local_provider(self) -> BatchProvider:
         if self.forward_url is None:
@@ -292,11 +313,11 @@ class BatchProviderResource(dg.ConfigurableResource):
     def window(self) -> str:
         return self.completion_window or self.profile.default_window
 
-    def storage_root(self, instance: dg.DagsterInstance) -> Path:
-        """The directory request files and downloaded results live under."""
+    def storage(self, instance: dg.DagsterInstance) -> Storage:
+        """The storage request files, downloaded results and the reuse store live in."""
         if self.storage_dir:
-            return Path(self.storage_dir)
-        return Path(instance.storage_directory()) / "batch_pipelines"
+            return Storage(self.storage_dir, self.storage_options)
+        return Storage(Path(instance.storage_directory()) / "batch_pipelines", self.storage_options)
 
     def poll_delay(self, age_seconds: float, errors: int = 0) -> float:
         """Seconds to wait before polling a batch again.
@@ -321,6 +342,25 @@ class BatchProviderResource(dg.ConfigurableResource):
         """
         with self.get_provider() as provider:
             return cancel_partition_batches(provider, pipeline, partitions)
+
+
+#: The folder of the storage where the tags of batches at a provider without metadata are recorded.
+_BATCH_RECORDS = "_batch_records"
+#: Words that make a storage option a credential.
+_CREDENTIAL_WORDS = ("secret", "password", "token", "access_key", "credential", "account_key", "sas")
+
+
+def _credential_keys(options: Any, where: str = "") -> list[str]:
+    """The (dotted) keys of ``options`` that name a credential, at any depth."""
+    found = []
+    if isinstance(options, dict):
+        for key, value in options.items():
+            name = f"{where}.{key}" if where else str(key)
+            lowered = str(key).lower()
+            if lowered in ("key", "username") or any(word in lowered for word in _CREDENTIAL_WORDS):
+                found.append(name)
+            found += _credential_keys(value, name)
+    return found
 
 
 #: The settings that shape forwarding, meaningless without ``forward_url``.

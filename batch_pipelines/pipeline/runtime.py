@@ -2,16 +2,20 @@
 
 One :class:`PipelineRuntime` per pipeline holds its name, request spec, options and asset keys.
 It turns a Dagster context into the Dagster-free parts below it: request files
-(:mod:`batch_pipelines.requests`), the partition's folder and lock and the submit-once engine
+(:mod:`batch_pipelines.requests`), the partition's folder and the submit-once engine
 (:mod:`batch_pipelines.submission`), and records what happened in the ledger. The results step is
 :mod:`batch_pipelines.pipeline.collect`. A run may cover several partitions (a backfill's
 ``multi_run`` policy): each is built and submitted on its own (:mod:`batch_pipelines.pipeline.run_partitions`).
+
+Every step works on a :class:`~batch_pipelines.storage.WorkingCopy` of the resource's storage
+(the storage itself on a local disk): it pulls the files it reads, and pushes what it wrote
+before it lets go of the partition's lock (:mod:`.partition_lock`, held in the instance).
 """
 
 # No ``from __future__ import annotations``: Dagster reads annotations of the functions it wraps.
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +38,16 @@ from batch_pipelines.pipeline.ledger import (
 )
 from batch_pipelines.pipeline.metadata import first_requests, rejected_preview, usd
 from batch_pipelines.pipeline.options import PipelineOptions
+from batch_pipelines.pipeline.partition_lock import PartitionLock
 from batch_pipelines.pipeline.progress import BatchState, console_metadata, finished_metadata
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.pipeline.run_partitions import load_source, run_partitions
 from batch_pipelines.providers import Batch, BatchProvider
 from batch_pipelines.requests import (
     FINGERPRINT_COLUMN,
+    IDS_NAME,
     MANIFEST_NAME,
+    VALUES_NAME,
     RequestEstimate,
     RequestManifest,
     RequestSpec,
@@ -51,13 +58,13 @@ from batch_pipelines.requests import (
     frame_digest,
 )
 from batch_pipelines.results import Prices, ReuseStore, superseded_answers
+from batch_pipelines.storage import WorkingCopy
 from batch_pipelines.submission import (
     PartitionFolder,
     Submission,
     SubmittedBatch,
     Submitter,
     cancel_superseded,
-    partition_lock,
     partition_of_tag,
     partition_tag,
     reuse_dir,
@@ -69,6 +76,8 @@ __all__ = ["PipelineRuntime"]
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
 #: Values of the reuse run tag that bypass reuse for the run.
 _OFF = frozenset({"off", "false", "no", "0"})
+#: What a step needs of an attempt's files to read its manifest and id map (not its shards).
+_MANIFEST_FILES = frozenset({MANIFEST_NAME, IDS_NAME})
 
 
 @dataclass(frozen=True)
@@ -87,21 +96,41 @@ class PipelineRuntime:
     def resource(self, context: Context) -> BatchProviderResource:
         return getattr(context.resources, self.options.resource_key)
 
-    def folder(self, resource: BatchProviderResource, instance: dg.DagsterInstance, partition: str | None) -> PartitionFolder:
-        return PartitionFolder.of(resource.storage_root(instance), self.name, partition)
+    @contextmanager
+    def files(self, context: Context, resource: BatchProviderResource) -> Iterator[WorkingCopy]:
+        """The step's working copy of the storage (its scratch folder, if any, deleted after the step)."""
+        with WorkingCopy(resource.storage(context.instance)) as copy:
+            yield copy
 
-    def manifest(self, folder: PartitionFolder, attempt: int) -> RequestManifest:
+    def folder(self, copy: WorkingCopy, partition: str | None) -> PartitionFolder:
+        return PartitionFolder.of(copy.local(), self.name, partition)
+
+    def lock(self, context: Context, partition: str | None) -> AbstractContextManager[None]:
+        """The partition's lock, held in the instance for this run."""
+        return PartitionLock(context.instance, context.run_id, str(context.op_handle), log=context.log.info)(self.name, partition)
+
+    def manifest(self, copy: WorkingCopy, folder: PartitionFolder, attempt: int, *, shards: bool = False) -> RequestManifest:
+        """An attempt's manifest, its id map (and its shards, to send them) pulled first."""
+        copy.pull(folder.attempt(attempt), names=None if shards else _MANIFEST_FILES)
         return RequestManifest.read(folder.attempt(attempt) / MANIFEST_NAME)
 
-    def reuse_store(self, resource: BatchProviderResource, instance: dg.DagsterInstance) -> ReuseStore | None:
-        """The pipeline's store of answers bought (None when the pipeline does not reuse answers)."""
+    def reuse_store(self, copy: WorkingCopy) -> ReuseStore | None:
+        """The pipeline's store of answers bought, pulled (None when the pipeline does not reuse answers).
+
+        Push ``copy``'s reuse folder after recording into it.
+        """
         if not self.options.reuse:
             return None
-        return ReuseStore(reuse_dir(resource.storage_root(instance), self.name), retention_days=self.options.reuse_retention_days)
+        return ReuseStore(copy.pull(reuse_dir(copy.local(), self.name)), retention_days=self.options.reuse_retention_days)
 
-    def send_once(self, context: Context, resource: BatchProviderResource) -> SendOnce | None:
+    def record_answers(self, copy: WorkingCopy, store: ReuseStore, answers: pd.DataFrame) -> None:
+        """Add ``answers`` to the reuse store, and store the segment (and the expired ones' deletion)."""
+        store.record(answers)
+        copy.push(store.root)
+
+    def send_once(self, context: Context, copy: WorkingCopy) -> SendOnce | None:
         """What a build of this run holds back: requests answered already, or repeated (None: send every row)."""
-        store = self.reuse_store(resource, context.instance)
+        store = self.reuse_store(copy)
         if store is None or context.run.tags.get(REUSE_RUN_TAG, "").strip().lower() in _OFF:
             return None
         return SendOnce(store.known())
@@ -189,65 +218,77 @@ class PipelineRuntime:
     def build_partition_requests(self, context: dg.AssetExecutionContext, partition: str | None, source: pd.DataFrame) -> dict[str, Any]:
         """One partition's request files; the metadata of its materialization."""
         resource = self.resource(context)
-        folder = self.folder(resource, context.instance, partition)
-        out_dir = folder.attempt(1)
-        send_once = self.send_once(context, resource)
-        current = load_round(context.instance, self.batch_key, self.results_key, partition) if self.options.cancel_superseded else None
-        # The id maps the round's batches were sent with: the rebuild overwrites the first attempt's.
-        sent_with = self.sent_id_maps(folder, current) if current is not None and send_once is not None else {}
-        manifest = self.write_requests(source, resource, folder, send_once)
-        fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
-        cancelled: list[str] = []
-        kept: set[str] = set()
-        superseded = superseded_batches(current.batches, set(fingerprints)) if current is not None else []
-        if superseded:
-            with resource.get_provider() as provider:
-                cancelled = cancel_superseded(provider, superseded, context.log)
-                if sent_with:
-                    kept = self.keep_superseded_answers(context, resource, provider, folder, superseded, cancelled, sent_with)
-            if kept & set(manifest.read_ids()[FINGERPRINT_COLUMN].dropna()):
-                # What the cancelled batches finished is in the reuse store now: those rows are not sent again.
-                manifest = self.write_requests(source, resource, folder, self.send_once(context, resource))
-                fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
-        metadata: dict[str, Any] = {
-            "rows": manifest.rows,
-            "requests": manifest.requests,
-            "rejected_rows": len(manifest.rejected),
-            "rows_reused": manifest.held_back,
-            "reuse": "on" if send_once is not None else ("off for this run" if self.options.reuse else "off"),
-            "shards": len(manifest.shards),
-            "bytes": sum(s.bytes for s in manifest.shards),
-            "fingerprints": dg.MetadataValue.json(fingerprints),
-            "manifest": dg.MetadataValue.path(str(out_dir / MANIFEST_NAME)),
-            "preview": dg.MetadataValue.json(first_requests(manifest, 3)),
-            "dagster/row_count": manifest.requests,
-            SOURCE_DIGEST_KEY: frame_digest(source) or "",
-        }
-        if manifest.rejected:
-            metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
-        metadata.update(self.estimate_metadata(resource, manifest))
-        if cancelled:
-            metadata["superseded_batches"] = dg.MetadataValue.json(cancelled)
-        if kept:
-            metadata["answers_kept_from_superseded"] = len(kept)
-        return metadata
+        with self.files(context, resource) as copy:
+            folder = self.folder(copy, partition)
+            send_once = self.send_once(context, copy)
+            current = load_round(context.instance, self.batch_key, self.results_key, partition) if self.options.cancel_superseded else None
+            # The id maps the round's batches were sent with: the rebuild overwrites the first attempt's.
+            sent_with = self.sent_id_maps(copy, folder, current) if current is not None and send_once is not None else {}
+            manifest = self.write_requests(context, source, resource, copy, folder, partition, send_once)
+            fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
+            cancelled: list[str] = []
+            kept: set[str] = set()
+            superseded = superseded_batches(current.batches, set(fingerprints)) if current is not None else []
+            if superseded:
+                with resource.get_provider() as provider:
+                    cancelled = cancel_superseded(provider, superseded, context.log)
+                    if sent_with:
+                        kept = self.keep_superseded_answers(context, provider, copy, folder, superseded, cancelled, sent_with)
+                if kept & set(manifest.read_ids()[FINGERPRINT_COLUMN].dropna()):
+                    # What the cancelled batches finished is in the reuse store now: those rows are not sent again.
+                    manifest = self.write_requests(context, source, resource, copy, folder, partition, self.send_once(context, copy))
+                    fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
+            metadata: dict[str, Any] = {
+                "rows": manifest.rows,
+                "requests": manifest.requests,
+                "rejected_rows": len(manifest.rejected),
+                "rows_reused": manifest.held_back,
+                "reuse": "on" if send_once is not None else ("off for this run" if self.options.reuse else "off"),
+                "shards": len(manifest.shards),
+                "bytes": sum(s.bytes for s in manifest.shards),
+                "fingerprints": dg.MetadataValue.json(fingerprints),
+                "manifest": dg.MetadataValue.path(copy.url(folder.attempt(1) / MANIFEST_NAME)),
+                "preview": dg.MetadataValue.json(first_requests(manifest, 3)),
+                "dagster/row_count": manifest.requests,
+                SOURCE_DIGEST_KEY: frame_digest(source) or "",
+            }
+            if manifest.rejected:
+                metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
+            metadata.update(self.estimate_metadata(resource, manifest))
+            if cancelled:
+                metadata["superseded_batches"] = dg.MetadataValue.json(cancelled)
+            if kept:
+                metadata["answers_kept_from_superseded"] = len(kept)
+            return metadata
 
     def write_requests(
-        self, source: pd.DataFrame, resource: BatchProviderResource, folder: PartitionFolder, send_once: SendOnce | None
+        self,
+        context: Context,
+        source: pd.DataFrame,
+        resource: BatchProviderResource,
+        copy: WorkingCopy,
+        folder: PartitionFolder,
+        partition: str | None,
+        send_once: SendOnce | None,
     ) -> RequestManifest:
-        """The first attempt's request files, written under the partition's lock (a submit never sees them half rewritten)."""
+        """The first attempt's request files, written and stored under the partition's lock (a submit never
+        sees them half rewritten). What the previous build kept is pulled first (its unchanged rows' fingerprints)."""
+        out_dir = folder.attempt(1)
         try:
-            with partition_lock(folder.lock_path):
-                return build_request_files(
+            with self.lock(context, partition):
+                copy.pull(out_dir, names={MANIFEST_NAME, IDS_NAME, VALUES_NAME})
+                manifest = build_request_files(
                     source,
                     self.spec,
-                    folder.attempt(1),
+                    out_dir,
                     profile=resource.profile,
                     policy=self.options.policy,
                     attempt=1,
                     max_requests_per_shard=self.options.max_requests_per_shard,
                     send_once=send_once,
                 )
+                copy.push(out_dir, exact=True)
+                return manifest
         except RequestValidationError as exc:
             raise dg.Failure(
                 description=str(exc),
@@ -255,23 +296,23 @@ class PipelineRuntime:
                 allow_retries=False,
             ) from None
 
-    def sent_id_maps(self, folder: PartitionFolder, current: Round) -> dict[int, RequestManifest]:
+    def sent_id_maps(self, copy: WorkingCopy, folder: PartitionFolder, current: Round) -> dict[int, RequestManifest]:
         """Each attempt's manifest of the round, its id map read (kept in memory past a rebuild)."""
         manifests = {}
         for attempt in sorted({b.attempt for b in current.batches}):
             try:
-                manifest = self.manifest(folder, attempt)
+                manifest = self.manifest(copy, folder, attempt)
                 manifest.read_ids()
             except (OSError, ValueError):
-                continue  # files gone (cleaned up, another machine's disk): their answers cannot be keyed
+                continue  # files gone (cleaned up): their answers cannot be keyed
             manifests[attempt] = manifest
         return manifests
 
     def keep_superseded_answers(
         self,
         context: dg.AssetExecutionContext,
-        resource: BatchProviderResource,
         provider: BatchProvider,
+        copy: WorkingCopy,
         folder: PartitionFolder,
         superseded: Sequence[SubmittedBatch],
         cancelled: Sequence[str],
@@ -282,7 +323,8 @@ class PipelineRuntime:
         Waits (``superseded_wait_seconds`` at most) for the cancels to land: a batch still
         cancelling then keeps its answers, and its rows go again.
         """
-        store = self.reuse_store(resource, context.instance)
+        resource = self.resource(context)
+        store = self.reuse_store(copy)
         just_cancelled = set(cancelled)
         wanted = [b for b in superseded if b.batch_id in just_cancelled and b.attempt in sent_with]
         if store is None or not wanted or not self.options.superseded_wait_seconds:
@@ -299,8 +341,9 @@ class PipelineRuntime:
                 continue
             files = provider.download_results(batch, folder.downloads)
             answers = superseded_answers(sent_with[record.attempt], record.shard, files, output_model=self.spec.output_model)
-            store.record(answers)
+            self.record_answers(copy, store, answers)
             kept.update(answers[FINGERPRINT_COLUMN])
+        copy.push(folder.downloads)
         if kept:
             context.log.info(f"kept {len(kept)} answers the superseded batches {list(cancelled)} had finished: those requests are not sent again")
         return kept
@@ -339,12 +382,19 @@ class PipelineRuntime:
     def submit_partition(self, context: dg.AssetExecutionContext, partition: str | None) -> Iterator[dg.MaterializeResult]:
         """Submit one partition's shards; record the submission (blocking mode: wait and materialize)."""
         resource = self.resource(context)
-        folder = self.folder(resource, context.instance, partition)
-        manifest_path = folder.attempt(1) / MANIFEST_NAME
-        with resource.get_provider() as provider, self.watching(context, provider, partition) as watched:
-            with partition_lock(folder.lock_path):  # the request files cannot change while they are read and sent
+        with (
+            self.files(context, resource) as copy,
+            resource.get_provider() as provider,
+            self.watching(context, provider, partition) as watched,
+        ):
+            folder = self.folder(copy, partition)
+            manifest_path = folder.attempt(1) / MANIFEST_NAME
+            with self.lock(context, partition):  # the request files cannot change while they are read and sent
+                copy.pull(folder.attempt(1))
                 if not manifest_path.exists():
-                    raise dg.Failure(f"no request files at {manifest_path}: materialize {self.name}_requests for this partition first")
+                    raise dg.Failure(
+                        f"no request files at {copy.url(manifest_path)}: materialize {self.name}_requests for this partition first"
+                    )
                 manifest = RequestManifest.read(manifest_path)
                 cost = self.check_budget(context, resource, manifest)
                 submitted = self.submitter(context, resource, provider, partition).submit(manifest, asset=self.batch_key.to_user_string())
@@ -464,7 +514,8 @@ class PipelineRuntime:
         resource = self.resource(context)
         for tag in list(partitions) or [partition_tag(None)]:
             partition = partition_of_tag(tag)
-            cancelled = resource.cancel_partitions(self.name, [partition])
+            with self.lock(context, partition):  # no submit of the partition creates a batch meanwhile
+                cancelled = resource.cancel_partitions(self.name, [partition])
             context.log.info(f"{self.name} {tag}: cancelled {len(cancelled)} batches {[b.id for b in cancelled]}")
             current = load_round(context.instance, self.batch_key, self.results_key, partition)
             if current is not None:

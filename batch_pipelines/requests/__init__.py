@@ -39,6 +39,7 @@ from batch_pipelines.requests.build import SIZE_MARGIN, build_request_files
 from batch_pipelines.requests.custom_ids import custom_ids
 from batch_pipelines.requests.manifest import IDS_NAME, MANIFEST_NAME, RequestManifest
 from batch_pipelines.requests.media import MediaFile, MediaPart, MediaUploader
+from batch_pipelines.requests.previous_build import VALUES_NAME
 from batch_pipelines.requests.problems import Problem, ProblemCode, RejectedRow, RequestValidationError
 from batch_pipelines.requests.schema import strict_json_schema
 from batch_pipelines.requests.send_once import HELD_BACK, AnswerLookup, SendOnce
@@ -57,6 +58,7 @@ __all__ = [
     "IDS_NAME",
     "MANIFEST_NAME",
     "SIZE_MARGIN",
+    "VALUES_NAME",
     "MediaFile",
     "MediaPart",
     "MediaUploader",

@@ -5,7 +5,6 @@ partition's batches can reach, and gets back which batch runs each shard.
 
 - :mod:`.tags` the batch metadata every submission carries, and the one partition marker;
 - :mod:`.layout` where a partition's request files, attempts and downloads live;
-- :mod:`.lock` one submitter at a time per partition;
 - :mod:`.submitter` submit once, re-attach, keep the first of racing submitters;
 - :mod:`.batch_records` the tags of batches at providers that keep no metadata (Anthropic),
   recorded before paying, orphans of a crash found and proven;
@@ -15,8 +14,7 @@ partition's batches can reach, and gets back which batch runs each shard.
 
 from batch_pipelines.submission.batch_records import RecordedBatches
 from batch_pipelines.submission.cancel import cancel_partition_batches, cancel_run_batches, cancel_superseded, superseded_batches
-from batch_pipelines.submission.layout import PartitionFolder, partition_dir, reuse_dir
-from batch_pipelines.submission.lock import partition_lock
+from batch_pipelines.submission.layout import REUSE_FOLDER, PartitionFolder, partition_dir, reuse_dir
 from batch_pipelines.submission.submitter import Submission, Submitter
 from batch_pipelines.submission.tags import (
     ASSET_TAG,
@@ -40,6 +38,7 @@ __all__ = [
     "PARTITION_TAG",
     "PIPELINE_TAG",
     "PartitionFolder",
+    "REUSE_FOLDER",
     "RESUBMIT_TAG",
     "RUN_TAG",
     "RecordedBatches",
@@ -53,7 +52,6 @@ __all__ = [
     "cancel_superseded",
     "superseded_batches",
     "partition_dir",
-    "partition_lock",
     "partition_of_tag",
     "partition_tag",
     "reuse_dir",

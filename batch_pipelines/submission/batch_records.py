@@ -2,10 +2,11 @@
 
 OpenAI-style batches carry their tags in metadata, and a submit finds a batch it never recorded
 by listing. Anthropic's carry nothing, so :class:`RecordedBatches` keeps the tags beside the
-request files, in the storage every run worker of the deployment shares:
+request files, in the storage every run worker of the deployment shares (a local folder or object
+storage: each record is one file, written whole):
 
 1. Before the paid create, an *intent*: the tags (pipeline, partition, shard fingerprint...),
-   the shard, its request count and the time.
+   the shard, its request count, the digest of its custom_ids and the time.
 2. After it, the intent gains the batch id: ``find_batches`` retrieves recorded batches and
    shows them with their recorded tags, so re-attaching, cancelling and keeping the first work
    as with metadata.
@@ -20,8 +21,8 @@ request files, in the storage every run worker of the deployment shares:
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
-import os
 import tempfile
 import time
 import uuid
@@ -33,6 +34,7 @@ import orjson
 
 from batch_pipelines.providers import CLOCK_SKEW_SECONDS, Batch, BatchProvider, FileObject, ResultFiles
 from batch_pipelines.providers.base import created_since
+from batch_pipelines.storage import Storage
 from batch_pipelines.submission.layout import partition_dir
 from batch_pipelines.submission.tags import PARTITION_TAG, PIPELINE_TAG
 
@@ -42,12 +44,13 @@ _ANY = "_any"
 
 
 class RecordedBatches(BatchProvider):
-    """``provider`` (which keeps no batch metadata) with its batches' tags recorded under ``root``."""
+    """``provider`` (which keeps no batch metadata) with its batches' tags recorded under ``folder`` of ``storage``."""
 
-    def __init__(self, provider: BatchProvider, root: Path) -> None:
+    def __init__(self, provider: BatchProvider, storage: Storage | Path, folder: str = "") -> None:
         self.provider = provider
         self.profile = provider.profile
-        self.root = Path(root)
+        self.storage = storage if isinstance(storage, Storage) else Storage(storage)
+        self.folder = folder.strip("/")
 
     def __repr__(self) -> str:
         return f"RecordedBatches({self.provider!r})"
@@ -63,11 +66,15 @@ class RecordedBatches(BatchProvider):
         **options: Any,
     ) -> Batch:
         tags = dict(metadata or {})
-        record = {"tags": tags, "shard": str(Path(path)), "requests": _count_lines(Path(path)), "since": time.time(), "batch_id": None}
-        where = self._dir(tags) / f"{uuid.uuid4().hex}.json"
-        _write(where, record)  # the intent, before any money moves
+        custom_ids = _custom_ids(Path(path))
+        record = {
+            "tags": tags, "shard": str(Path(path)), "requests": len(custom_ids), "custom_ids": _digest(custom_ids),
+            "since": time.time(), "batch_id": None,
+        }  # fmt: skip
+        where = f"{self._dir(tags)}/{uuid.uuid4().hex}.json"
+        self._write(where, record)  # the intent, before any money moves
         batch = self.provider.submit(path, endpoint=endpoint, completion_window=completion_window, metadata=metadata, **options)
-        _write(where, {**record, "batch_id": batch.id})
+        self._write(where, {**record, "batch_id": batch.id})
         return batch.model_copy(update={"metadata": tags})
 
     def find_batches(self, metadata: Mapping[str, str], *, created_after: float | None = None) -> list[Batch]:
@@ -118,25 +125,37 @@ class RecordedBatches(BatchProvider):
         self.provider.close()
 
     # ---- records -------------------------------------------------------------------------------
-    def _dir(self, tags: Mapping[str, str]) -> Path:
+    def _dir(self, tags: Mapping[str, str]) -> str:
         pipeline = tags.get(PIPELINE_TAG)
         partition = tags.get(PARTITION_TAG)
-        return self.root / (pipeline or _ANY) / (partition_dir(partition) if partition is not None else _ANY)
+        return f"{self._under(pipeline or _ANY)}/{partition_dir(partition) if partition is not None else _ANY}"
 
-    def _records(self, metadata: Mapping[str, str]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    def _under(self, path: str) -> str:
+        return f"{self.folder}/{path}" if self.folder else path
+
+    def _records(self, metadata: Mapping[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
         """The records that can match ``metadata`` (its pipeline and partition narrow the folders read)."""
         pipeline, partition = metadata.get(PIPELINE_TAG), metadata.get(PARTITION_TAG)
-        pattern = f"{pipeline or '*'}/{partition_dir(partition) if partition is not None else '*'}/*.json"
-        for path in sorted(self.root.glob(pattern)):
+        folder = self._under(pipeline) if pipeline else self.folder
+        if pipeline and partition is not None:
+            folder = f"{folder}/{partition_dir(partition)}"
+        pattern = self._under(f"{pipeline or '*'}/{partition_dir(partition) if partition is not None else '*'}/*.json")
+        for stored in self.storage.files(folder):
+            if not fnmatch.fnmatchcase(stored.path, pattern):
+                continue
             try:
-                yield path, orjson.loads(path.read_bytes())
+                yield stored.path, orjson.loads(self.storage.read_bytes(stored.path))
             except (OSError, orjson.JSONDecodeError):
-                continue  # removed meanwhile (an intent proven not submitted), or being replaced
+                continue  # removed meanwhile (an intent proven not submitted)
+
+    def _write(self, path: str, record: Mapping[str, Any]) -> None:
+        """Write a record whole or not at all (a reader never sees half of one)."""
+        self.storage.write_bytes(path, orjson.dumps(record))
 
     def _recorded(self, record: Mapping[str, Any]) -> Batch | None:
         return self.provider.retrieve_batch(record["batch_id"])
 
-    def _resolve(self, path: Path, record: dict[str, Any], claimed: set[str]) -> Batch | None:
+    def _resolve(self, path: str, record: dict[str, Any], claimed: set[str]) -> Batch | None:
         """The batch of an intent that never learned its id: proven, provisional, or none."""
         since = record["since"] - CLOCK_SKEW_SECONDS
         candidates = [
@@ -145,20 +164,21 @@ class RecordedBatches(BatchProvider):
             if b.id not in claimed and b.id not in record.get("ruled_out", ()) and b.request_counts.total == record["requests"]
         ]
         shard = Path(record["shard"])
-        wanted = _custom_ids_digest(shard) if shard.exists() else None
+        # Recorded with the intent; an intent older than that field proves by its shard, if still there.
+        wanted = record.get("custom_ids") or (_digest(_custom_ids(shard)) if shard.exists() else None)
         unproven = None
         for batch in sorted(candidates, key=lambda b: b.created_at or 0):
             if not batch.is_terminal or wanted is None:  # a shard removed since cannot prove anything
                 unproven = unproven or batch
                 continue
             if self._custom_ids_digest(batch) == wanted:
-                _write(path, {**record, "batch_id": batch.id})  # proven: the shard's batch
+                self._write(path, {**record, "batch_id": batch.id})  # proven: the shard's batch
                 return batch
             record = {**record, "ruled_out": [*record.get("ruled_out", ()), batch.id]}
-            _write(path, record)
+            self._write(path, record)
         if unproven is not None:
             return unproven  # cannot be proven before it ends: re-attached to meanwhile, never paid twice
-        path.unlink(missing_ok=True)  # proven not submitted: the shard may go
+        self.storage.delete([path])  # proven not submitted: the shard may go
         return None
 
     def _custom_ids_digest(self, batch: Batch) -> str:
@@ -171,22 +191,10 @@ class RecordedBatches(BatchProvider):
         return _digest(ids)
 
 
-def _custom_ids_digest(shard: Path) -> str:
-    return _digest([orjson.loads(raw)["custom_id"] for raw in shard.read_bytes().splitlines() if raw.strip()])
+def _custom_ids(shard: Path) -> list[str]:
+    return [orjson.loads(raw)["custom_id"] for raw in shard.read_bytes().splitlines() if raw.strip()]
 
 
 def _digest(custom_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(custom_ids)).encode()).hexdigest()
 
-
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as fh:
-        return sum(1 for raw in fh if raw.strip())
-
-
-def _write(path: Path, record: Mapping[str, Any]) -> None:
-    """Write a record whole or not at all (a reader never sees half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    part.write_bytes(orjson.dumps(record))
-    os.replace(part, path)

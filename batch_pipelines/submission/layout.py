@@ -1,10 +1,12 @@
-"""Where one partition's files live: request files per attempt, downloaded results, the lock.
+"""Where one partition's files live: request files per attempt, downloaded results.
 
 ``<storage root>/<pipeline>/<partition folder>/attempt-<n>/`` holds an attempt's request shards
-and manifest, ``downloads/`` the batches' result files, ``submit.lock`` the partition's lock;
+and manifest, ``downloads/`` the batches' result files;
 ``<storage root>/<pipeline>/_reuse/`` the answers every partition may reuse (no partition folder
 starts with an underscore but the unpartitioned one, ``__all__``).
-Folders are deterministic, so every run of the partition finds what an earlier run wrote.
+Folders are deterministic, so every run of the partition finds what an earlier run wrote. The
+root here is a local folder: the storage itself, or a run's working copy of it (see
+:mod:`batch_pipelines.storage.working_copy`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from pathlib import Path
 
 from batch_pipelines.submission.tags import UNPARTITIONED
 
-__all__ = ["PartitionFolder", "partition_dir", "reuse_dir"]
+__all__ = ["REUSE_FOLDER", "PartitionFolder", "partition_dir", "reuse_dir"]
 
+#: The reuse store's folder under a pipeline's.
+REUSE_FOLDER = "_reuse"
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -33,7 +37,7 @@ def partition_dir(partition: str | None) -> str:
 
 def reuse_dir(storage_root: Path, pipeline: str) -> Path:
     """Where a pipeline's reuse store lives: beside its partitions, shared by all of them."""
-    return Path(storage_root) / pipeline / "_reuse"
+    return Path(storage_root) / pipeline / REUSE_FOLDER
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,3 @@ class PartitionFolder:
     @property
     def downloads(self) -> Path:
         return self.root / "downloads"
-
-    @property
-    def lock_path(self) -> Path:
-        return self.root / "submit.lock"

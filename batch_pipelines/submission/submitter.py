@@ -5,8 +5,9 @@ attempt), carried in its batch's metadata. Before creating anything, the partiti
 listed at the provider (newest first, back to ``since``): a shard whose fingerprint already has a
 batch that did not fail validation re-attaches to it, so a retried run, a re-materialization, a
 crash between the provider's accept and the run's record, or a create whose answer was lost never
-pays twice. Call :meth:`Submitter.submit` holding the partition's lock (:mod:`.lock`); submitters
-the lock does not cover are reconciled by :meth:`Submitter.keep_first`.
+pays twice. Call :meth:`Submitter.submit` holding the partition's lock (the Dagster face's, held in
+the instance: :mod:`batch_pipelines.pipeline.partition_lock`); submitters the lock does not cover
+are reconciled by :meth:`Submitter.keep_first`.
 """
 
 from __future__ import annotations
@@ -131,8 +132,7 @@ class Submitter:
     def keep_first(self, out: list[Submission], created: Sequence[int]) -> None:
         """The last resort against a duplicate: another submitter that the lock did not cover.
 
-        Runs that do not share the lock (two deployments, a storage directory not shared by every
-        run worker) may both find no batch and both create one. Listing again after creating shows
+        Runs that do not share the lock (two deployments on two instances) may both find no batch and both create one. Listing again after creating shows
         both; every submitter keeps the oldest live batch of a fingerprint and cancels its own if it
         is not that one. The loser may have started: this bounds the damage, the lock prevents it.
         """

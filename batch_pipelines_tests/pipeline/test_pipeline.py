@@ -1,10 +1,11 @@
 """The pipeline end to end on a real Dagster instance and the local service over HTTP."""
 
-import fcntl
 import logging
 import signal
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import pytest
 
 from batch_pipelines.pipeline import FAILURE_RATE_CHECK, OUTPUT_VALID_CHECK, ROWS_CHECK
 from batch_pipelines.local_service import FAULTS_METADATA_KEY, FaultPlan
+from batch_pipelines.pipeline.partition_lock import PartitionLock, lock_key
 from batch_pipelines_tests.support.child_runs import CRASH_EXIT, start_child
 from batch_pipelines_tests.support.clients import capture_logs, requests_sent
-from batch_pipelines_tests.support.driver import CATEGORIES, DAYS
+from batch_pipelines_tests.support.driver import CATEGORIES, DAYS, in_progress_run
 from batch_pipelines_tests.support.request_files import write_requests
 from batch_pipelines_tests.support.service import LocalService, sent_per_custom_id, service_batches
 from batch_pipelines_tests.support.waiting import TERMINAL, wait_until
@@ -182,9 +184,8 @@ def test_terminating_a_blocking_run_cancels_its_batch(local_service, instance, t
     batch = wait_until(lambda: service_batches(slow))[0]
     assert batch["status"] not in TERMINAL
 
-    child.send_signal(signal.SIGINT)
     try:
-        child.communicate(timeout=60)
+        _interrupt(child, lambda: slow.engine.get_batch(batch["id"])["status"] in ("cancelling", "cancelled"), seconds=60)
     except subprocess.TimeoutExpired:
         child.send_signal(signal.SIGUSR1)  # the child's faulthandler prints where each thread is
         try:
@@ -198,26 +199,50 @@ def test_terminating_a_blocking_run_cancels_its_batch(local_service, instance, t
     assert final["status"] in ("cancelling", "cancelled")
 
 
-def test_request_files_are_not_rewritten_while_a_submit_holds_the_partition(harness, tmp_path):
+def _interrupt(child: subprocess.Popen, cancelled: Callable[[], bool], *, seconds: float) -> None:
+    """SIGINT ``child`` until it exits or ``cancelled()`` (TimeoutExpired after ``seconds``).
+
+    Dagster raises the interrupt from its signal handler; one that lands in a garbage-collection
+    callback (SQLAlchemy's, in the worker's instance calls) is swallowed by Python, so a worker
+    that shows no sign of it is told again, as an operator terminating a run would; never once it
+    cancels (a second interrupt must not cut its cancel short).
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        child.send_signal(signal.SIGINT)
+        told = time.monotonic()
+        while time.monotonic() - told < 2.0:
+            if child.poll() is not None or cancelled():
+                child.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                return
+            time.sleep(0.05)
+    raise subprocess.TimeoutExpired(child.args, seconds)
+
+
+def test_request_files_are_not_rewritten_while_a_submit_holds_the_partition(harness, instance, tmp_path):
     """A requests run waits for the partition's lock (what a submit holds while it reads the files)."""
     h = harness(rows=4)
     h.materialize([h.texts, h.pipeline.requests_asset], DAY)
     [manifest] = (tmp_path / "storage").rglob("manifest.json")
-    lock_path = manifest.parent.parent / "submit.lock"  # the partition's folder holds its attempts and the lock
     written = manifest.stat().st_mtime_ns
     rebuild = threading.Thread(target=h.materialize, args=([h.pipeline.requests_asset], DAY))
+    submit = in_progress_run(instance)  # as a submit does while it lists, reads and uploads
+    key = lock_key(h.pipeline.name, DAY)
 
-    with lock_path.open("a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # as a submit does while it lists, reads and uploads
+    with PartitionLock(instance, submit.run_id, "submit")(h.pipeline.name, DAY):
         rebuild.start()
-        wait_until(lambda: not rebuild.is_alive() or "lock" in _sleeping_in(rebuild))
+        wait_until(lambda: not rebuild.is_alive() or _waiting_for(instance, key, other_than=submit.run_id))
         assert rebuild.is_alive(), "the requests run rewrote the files without waiting for the partition's lock"
         assert manifest.stat().st_mtime_ns == written  # nothing rewritten under the submit's feet
-        fcntl.flock(held, fcntl.LOCK_UN)
     rebuild.join(timeout=60)
 
     assert not rebuild.is_alive() and manifest.stat().st_mtime_ns > written
     assert h.latest_metadata(h.pipeline.requests_asset, DAY)["rows"] == 4
+
+
+def _waiting_for(instance: dg.DagsterInstance, key: str, *, other_than: str) -> bool:
+    """Whether a run other than ``other_than`` waits for the lock ``key``."""
+    return any(step.run_id != other_than for step in instance.event_log_storage.get_concurrency_info(key).pending_steps)
 
 
 def test_a_submit_reads_only_the_recent_end_of_a_long_batch_history(harness, service, tmp_path):
@@ -241,14 +266,6 @@ def test_a_submit_reads_only_the_recent_end_of_a_long_batch_history(harness, ser
     assert requests_sent(records, "GET", "/v1/batches?") == 1
     assert h.submission(DAY)["reattached"] == 1
     assert len([b for b in service_batches(service) if b["metadata"] and b["metadata"].get("bp_partition") == DAY]) == 1
-
-
-def _sleeping_in(thread: threading.Thread) -> str:
-    """The kernel function ``thread`` sleeps in ("" once it has ended)."""
-    try:
-        return Path(f"/proc/self/task/{thread.native_id}/wchan").read_text()
-    except FileNotFoundError:
-        return ""
 
 
 def test_cancel_job_stops_the_partition_without_retrying(harness, local_service):

@@ -51,3 +51,9 @@ def test_a_key_given_for_the_name_of_its_variable_is_refused_without_being_shown
         BatchProviderResource(forward_url="http://127.0.0.1:1/v1", forward_api_key_env="sk-proj-Abc123secretvalue")
     assert "sk-proj-Abc123secretvalue" not in str(refused.value) and "sk-proj" not in repr(refused.value)
     assert isinstance(BatchProviderResource(api_key=dg.EnvVar("MOONSHOT_API_KEY"), provider="moonshot"), BatchProviderResource)
+
+
+def test_storage_options_refuse_credentials():
+    with pytest.raises(ValueError, match=r"\['client_kwargs.aws_secret_access_key', 'key'\]: credentials do not belong"):
+        BatchProviderResource(storage_options={"key": "AKIA...", "client_kwargs": {"aws_secret_access_key": "..."}})
+    assert BatchProviderResource(storage_options={"endpoint_url": "http://127.0.0.1:9000"}).storage_options

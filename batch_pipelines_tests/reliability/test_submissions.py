@@ -18,7 +18,7 @@ def _world(**setting) -> Scenario:
 
 
 def test_two_deployments_racing_keep_the_first_batch_and_cancel_the_other():
-    """Two storage dirs, two locks: both runs create a batch, then both keep the older one."""
+    """Two instances and storages, two locks: both runs create a batch, then both keep the older one."""
     with open_world(_world()) as world:
         world.partitions = (DAY,)
         h = world.harness
@@ -31,7 +31,9 @@ def test_two_deployments_racing_keep_the_first_batch_and_cancel_the_other():
         slow_list = HttpFault(route="/v1/batches", method="GET", status=None, delay=2.0, after=True, times=2)
         world.service.set_faults(FaultPlan(row_delay=0.02, http_faults=(slow_list,)))
 
-        assert world.race_submits(DAY, [world.storage, other]) == [0, 0]
+        other_home = world.root / "other-home"  # the other deployment's instance: the lock lives in an instance
+        other_home.mkdir()
+        assert world.race_submits(DAY, [world.storage, other], homes=[world.instance.root_directory, str(other_home)]) == [0, 0]
 
         statuses = {b["id"]: b["status"] for b in world.batches()}
         recorded = {m["batch_ids"][0] for m in _batch_metadata(world)}

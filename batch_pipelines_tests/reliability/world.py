@@ -42,7 +42,7 @@ import httpx
 import pandas as pd
 
 from batch_pipelines.local_service import FAULTS_METADATA_KEY, BatchEngine, FaultPlan, HttpFault
-from batch_pipelines.submission import ATTEMPT_TAG, FINGERPRINT_TAG, PARTITION_TAG
+from batch_pipelines.submission import ATTEMPT_TAG, FINGERPRINT_TAG, PARTITION_TAG, RecordedBatches
 from batch_pipelines_tests.support.child_runs import start_child
 from batch_pipelines_tests.reliability.duplicates import ran, recorded_tags, unrecorded_duplicates
 from batch_pipelines_tests.support.driver import KEY_ENV, RUN_KEY_TAG, Harness, build, make_resource, make_texts, partitions_of_tags
@@ -205,13 +205,14 @@ class World:
         pipeline = build(source=h.texts, spec=self.profile.spec, **self.scenario.pipeline)
         self.harness = Harness(self.instance, pipeline, h.texts, h.resource, cursor=cursor, run_retries=RUN_RETRIES, failed_runs=h.failed_runs)
 
-    def race_submits(self, partition: str, storages: Sequence[Path]) -> list[int]:
-        """Runs submitting ``partition`` at the same moment, one process each (with its storage dir); their exit codes."""
+    def race_submits(self, partition: str, storages: Sequence[Path], homes: Sequence[str] | None = None) -> list[int]:
+        """Runs submitting ``partition`` at the same moment, one process each (with its storage dir and
+        Dagster home: this world's instance unless ``homes`` says otherwise); their exit codes."""
         racers = [
-            start_child("race", self.service.base_url, storage, partition, home=self.instance.root_directory, key=KEY,
+            start_child("race", self.service.base_url, storage, partition, home=home, key=KEY,
                         env=self.child_env(), text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                         stderr=subprocess.DEVNULL)
-            for storage in storages
+            for storage, home in zip(storages, homes or [self.instance.root_directory] * len(storages), strict=True)
         ]  # fmt: skip
         try:
             for racer in racers:  # all loaded (Dagster imports take seconds), then all at once
@@ -256,7 +257,9 @@ class World:
     def records_root(self) -> Path:
         """Where the resource records the tags of batches that keep none."""
         with self.harness.resource.get_provider() as provider:
-            return Path(getattr(provider, "root", self.storage / "_none"))
+            if isinstance(provider, RecordedBatches):
+                return provider.storage.local_path(provider.folder)
+            return self.storage / "_none"
 
     def first_batches(self) -> list[dict[str, Any]]:
         tags = self.batch_tags()

@@ -7,8 +7,10 @@ import pytest
 from batch_pipelines.local_service import FaultPlan, HttpFault
 from batch_pipelines.profiles import MESSAGES
 from batch_pipelines.providers import ProviderError, make_provider
+from batch_pipelines.storage import Storage
 from batch_pipelines.submission import FINGERPRINT_TAG, PARTITION_TAG, PIPELINE_TAG, RecordedBatches
 from batch_pipelines_tests.support.clients import FAST_RETRY
+from batch_pipelines_tests.support.object_storage import s3_bucket, s3_endpoint  # noqa: F401 (fixtures)
 from batch_pipelines_tests.support.request_files import write_lines
 from batch_pipelines_tests.support.waiting import wait_terminal
 
@@ -57,6 +59,24 @@ def test_a_batch_accepted_but_never_recorded_is_found_and_proven(local_service, 
         [proven] = provider.find_batches(TAGS)
         assert proven.id == mine[0].id and proven.metadata == TAGS
         assert len(list(provider.provider.list_batches())) == 2  # nothing sent twice
+
+
+def test_records_in_object_storage_prove_a_lost_create_after_the_shard_is_gone(local_service, tmp_path, s3_bucket):
+    """On S3, the shard a run sent was a scratch copy, gone with the run: the intent's digest proves the batch."""
+    lost = HttpFault(route="/v1/messages/batches", method="POST", drop=True, after=True, status=None, times=1)
+    svc = local_service(profile="anthropic")
+    inner = make_provider("anthropic", api_key=svc.api_key, base_url=svc.base_url, retry=FAST_RETRY)
+    with RecordedBatches(inner, Storage(s3_bucket.url, s3_bucket.options), "_batch_records") as provider:
+        svc.set_faults(FaultPlan(http_faults=(lost,)))
+        sent = shard(tmp_path, ["a", "b"])
+        with pytest.raises(ProviderError, match="lost its answer"):
+            provider.submit(sent, endpoint=MESSAGES, metadata=TAGS)
+        sent.unlink()
+        [mine] = provider.provider.list_batches()
+        wait_terminal(provider, mine.id)
+        [proven] = provider.find_batches(TAGS)
+        assert proven.id == mine.id and proven.metadata == TAGS
+    assert [k.split("/")[:3] for k in s3_bucket.keys()] == [["_batch_records", "classify", "2024-01-01"]]
 
 
 def test_an_intent_whose_create_never_took_effect_lets_the_shard_go(local_service, tmp_path):

@@ -18,7 +18,6 @@ from batch_pipelines.submission import (
     RUN_TAG,
     PartitionFolder,
     Submitter,
-    partition_lock,
 )
 from batch_pipelines_tests.support.clients import FAST_RETRY
 from batch_pipelines_tests.support.service import LocalService, service_batches
@@ -121,14 +120,14 @@ def test_a_changed_shard_is_submitted_anew(svc, tmp_path):
 
 def test_submitters_holding_the_partition_lock_create_one_batch(svc, tmp_path):
     manifest = _manifest(tmp_path, [f"text {i}" for i in range(4)])
-    lock = PartitionFolder.of(tmp_path / "storage", "classify", DAY).lock_path
+    lock = threading.Lock()  # standing for the partition's lock the Dagster face holds around a submit
     start = threading.Barrier(4)
     results: list[bool] = []
 
     def submit(run: int) -> None:
         with _client(svc) as provider:
             start.wait()
-            with partition_lock(lock):
+            with lock:
                 [done] = _submitter(provider, f"run-{run}").submit(manifest, asset="classify_batch")
             results.append(done.reattached)
 
@@ -142,22 +141,3 @@ def test_submitters_holding_the_partition_lock_create_one_batch(svc, tmp_path):
     assert len(service_batches(svc)) == 1
 
 
-def test_the_partition_lock_excludes_a_second_holder(tmp_path):
-    lock = tmp_path / "p" / "submit.lock"
-    order: list[str] = []
-    second_waiting = threading.Event()
-
-    def second() -> None:
-        second_waiting.set()
-        with partition_lock(lock):
-            order.append("second")
-
-    with partition_lock(lock):
-        thread = threading.Thread(target=second)
-        thread.start()
-        second_waiting.wait()
-        thread.join(timeout=0.2)  # it cannot get in while the lock is held: it is still waiting
-        order.append("first")
-        still_waiting = thread.is_alive()
-    thread.join()
-    assert still_waiting and order == ["first", "second"]

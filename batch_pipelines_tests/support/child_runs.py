@@ -15,10 +15,12 @@
   partition.
 
 ``CHILD_PROFILE`` names the provider shape (``support/profiles.py``, default ``openai``): the
-resource's provider and the spec the child runs with.
+resource's provider and the spec the child runs with; ``CHILD_STORAGE_OPTIONS`` (JSON) the
+resource's ``storage_options`` (an S3 server's endpoint).
 """
 
 import faulthandler
+import json
 import os
 import signal
 import subprocess
@@ -71,17 +73,18 @@ class _DyingResource(BatchProviderResource):
         provider = super().get_provider()
         if isinstance(provider, RecordedBatches):  # the records where the real resource keeps them
             provider.close()
-            return RecordedBatches(_AnthropicDiesAfterSubmit(self.profile, api_key=self.api_key, base_url=self.base_url), provider.root)
+            dying = _AnthropicDiesAfterSubmit(self.profile, api_key=self.api_key, base_url=self.base_url)
+            return RecordedBatches(dying, provider.storage, provider.folder)
         provider.close()
         dying = _GeminiDiesAfterSubmit if self.profile.protocol == "gemini" else _DiesAfterSubmit
         return dying(self.profile, api_key=self.api_key, base_url=self.base_url)
 
 
 def start_child(mode: str, base_url: str, storage: Path, partition: str, *, home: str, key: str, **popen: Any) -> subprocess.Popen:
-    """This module as a process running ``mode`` against the instance in ``home``."""
-    env = {**os.environ, "DAGSTER_HOME": home, KEY_ENV: key, **popen.pop("env", {})}
+    """This module as a process running ``mode`` against the instance in ``home`` (in the repository, or in ``cwd``)."""
+    env = {**os.environ, "DAGSTER_HOME": home, KEY_ENV: key, "PYTHONPATH": str(_REPO), **popen.pop("env", {})}
     command = [sys.executable, "-m", "batch_pipelines_tests.support.child_runs", mode, base_url, str(storage), partition]
-    return subprocess.Popen(command, cwd=_REPO, env=env, **popen)
+    return subprocess.Popen(command, cwd=popen.pop("cwd", _REPO), env=env, **popen)
 
 
 def main(mode: str, base_url: str, storage_dir: str, partition: str) -> int:
@@ -90,8 +93,10 @@ def main(mode: str, base_url: str, storage_dir: str, partition: str) -> int:
     texts = make_texts(int(os.environ.get("CHILD_ROWS", "8")), _shared_texts if os.environ.get("CHILD_SHARED_TEXTS") else None)
     shape = PROFILES[os.environ.get("CHILD_PROFILE", "openai")]
 
+    storage_options = json.loads(os.environ.get("CHILD_STORAGE_OPTIONS", "{}"))
+
     def make_resource(base_url: str, storage_dir: str, **overrides: Any) -> BatchProviderResource:
-        return _make_resource(base_url, storage_dir, provider=shape.provider, **overrides)
+        return _make_resource(base_url, storage_dir, provider=shape.provider, storage_options=storage_options, **overrides)
 
     def build(**options: Any) -> Any:
         return _build(spec=shape.spec, **options)

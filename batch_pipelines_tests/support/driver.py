@@ -7,6 +7,7 @@ launches each run it requests unless a run with that run key exists, on the loca
 over HTTP. The reliability world composes it.
 """
 
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -53,6 +54,11 @@ SPEC = RequestSpec(
     output_model=Label,
     key_column="text_id",
 )
+
+
+def in_progress_run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus = dg.DagsterRunStatus.STARTED) -> dg.DagsterRun:
+    """A run the instance records with ``status`` (started: as a run worker's elsewhere would be)."""
+    return instance.add_run(dg.DagsterRun(job_name="elsewhere", run_id=str(uuid.uuid4()), status=status))
 
 
 def make_texts(rows: int = 8, edit: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> dg.AssetsDefinition:
