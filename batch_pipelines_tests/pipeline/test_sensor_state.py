@@ -17,8 +17,11 @@ from batch_pipelines.pipeline.sensor_state import SensorState
 from batch_pipelines.submission import SubmittedBatch
 from batch_pipelines_tests.pipeline.test_sensor import create_batches, record
 from batch_pipelines_tests.support.driver import DAYS, RUN_KEY_TAG
+from batch_pipelines_tests.support.instances import on_every_storage
 from batch_pipelines_tests.support.service import LocalService, service_batches
 from batch_pipelines_tests.support.waiting import wait_until
+
+pytestmark = on_every_storage
 
 #: The issue's bound at 100 batches in flight.
 MAX_CURSOR_BYTES = 8 * 1024
