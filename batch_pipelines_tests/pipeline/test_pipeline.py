@@ -93,7 +93,6 @@ def test_three_partitions_every_row_once(harness, service):
     assert h.latest_metadata(h.pipeline.batch_asset, DAY)["batches"] == 0
 
 
-@on_every_storage
 def test_backfill_of_twenty_partitions_is_polled_in_one_tick(harness, service):
     days = DAYS.get_partition_keys()[:20]
     h = harness(rows=2)
