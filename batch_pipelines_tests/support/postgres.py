@@ -7,6 +7,10 @@ as the ``postgres`` user the package creates, owning that folder; any other user
 
 :meth:`PostgresServer.fresh_database` copies a template that Dagster's storage migrations ran on
 once: each instance starts empty and isolated without paying for the migrations again.
+
+A session killed before its teardown (a timeout, ``kill -9``) leaves its server running: the next
+:func:`start_postgres` stops and removes those whose session process is gone, never another live
+session's.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from batch_pipelines_tests.support.waiting import wait_until
 __all__ = ["PostgresServer", "server_binaries", "start_postgres"]
 
 _SUPERUSER = "postgres"
+_PREFIX = "batch_pipelines_pg_"
+_OWNER_FILE = "session.pid"
 _TEMPLATE = "dagster_template"
 # Durability buys a throwaway server nothing; without it a test's many small commits cost no fsync.
 _FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off", "max_connections=200")
@@ -99,12 +105,48 @@ class PostgresServer:
         shutil.rmtree(self._root, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_orphans() -> None:
+    """Stop and remove the servers of sessions that died without their teardown."""
+    for root in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        try:
+            owner = int((root / _OWNER_FILE).read_text())
+            server = int((root / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # being set up, or already stopped
+        if _alive(owner):
+            continue
+        if _serves(server, root):
+            os.kill(server, signal.SIGQUIT)  # immediate shutdown: nothing in it is worth keeping
+            wait_until(lambda: not _serves(server, root), interval=0.05)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _serves(pid: int, root: Path) -> bool:
+    """Whether ``pid`` is still the server of ``root`` (not a later process given the same id)."""
+    try:
+        return str(root / "data") in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
 def start_postgres() -> PostgresServer:
     """A new server on 127.0.0.1, ready for connections, trusting local connections as ``postgres``."""
     binaries = server_binaries()
+    _stop_orphans()
     as_user: dict[str, Any] = {}
     # Under /tmp rather than pytest's folders, which are private to the user running the tests.
-    root = Path(tempfile.mkdtemp(prefix="batch_pipelines_pg_"))
+    root = Path(tempfile.mkdtemp(prefix=_PREFIX))
+    (root / _OWNER_FILE).write_text(str(os.getpid()))
     if os.geteuid() == 0:
         owner = pwd.getpwnam(_SUPERUSER)  # created by Debian's package
         as_user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
@@ -120,9 +162,9 @@ def start_postgres() -> PostgresServer:
         os.chown(sockets, as_user["user"], as_user["group"])
     port = _free_port()
     settings = [arg for setting in _FAST_SETTINGS for arg in ("-c", setting)]
-    log = (root / "server.log").open("wb")
     command = [binaries / "postgres", "-D", data, "-h", "127.0.0.1", "-p", str(port), "-k", sockets, *settings]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **run)
+    with (root / "server.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **run)
     server = PostgresServer(process, root, port)
 
     def accepting() -> bool:
