@@ -21,7 +21,6 @@ from batch_pipelines_tests.support.instances import on_every_storage
 from batch_pipelines_tests.support.service import LocalService, service_batches
 from batch_pipelines_tests.support.waiting import wait_until
 
-
 #: The issue's bound at 100 batches in flight.
 MAX_CURSOR_BYTES = 8 * 1024
 
