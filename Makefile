@@ -10,10 +10,12 @@ DATA_DIR ?= .local_service
 # The demo's Dagster instance: runs, event log, the local provider's batches, Parquet results.
 DEMO_HOME ?= .dagster_home
 CHROMIUM := /usr/bin/chromium
+# Debian's PostgreSQL server binaries (initdb, postgres): one folder per major version, not on PATH.
+POSTGRES_INITDB := $(wildcard /usr/lib/postgresql/*/bin/initdb)
 # System packages are installed directly as root, through sudo otherwise.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup run serve smoke reliability browser test test-fast bench clean
+.PHONY: setup run serve smoke reliability browser postgres test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) postgres
 
 # The Dagster UI with the demo pipeline on http://$(HOST):$(UI_PORT); see README "The demo".
 # Started inside DAGSTER_HOME, which holds a copy of dagster.yaml (Dagster reads it from there only).
@@ -51,6 +53,11 @@ reliability: setup
 # Debian's chromium for the browser test (the test never downloads a browser).
 browser:
 	@test -x $(CHROMIUM) || ($(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# Debian's PostgreSQL server for the tests' throwaway servers (each on a free port of 127.0.0.1, in
+# a temporary folder); nothing uses the cluster the package may start.
+postgres:
+	@test -n "$(POSTGRES_INITDB)" || ($(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
 
 test: setup browser
 	$(BIN)/python -m pytest -q

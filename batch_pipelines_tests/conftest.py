@@ -4,6 +4,10 @@
 ``api_key``, ``engine``, ``data_dir``, ``app``, ``set_faults(plan)``); every service is stopped at
 teardown. ``instance`` is a temporary Dagster instance, ``service`` one local service with its key
 in the environment, and ``harness(rows=8, ...)`` the classification pipeline's driver on both.
+
+``instance`` keeps runs and events in SQLite; a test or module marked ``on_every_storage``
+(``support/instances.py``) runs on PostgreSQL too, a database of its own on the session's
+throwaway server (``postgres_server``, started on first use and removed at the end).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import pandas as pd
 import pytest
 
 from batch_pipelines_tests.support.driver import KEY_ENV, Harness, build, make_resource, make_texts
+from batch_pipelines_tests.support.instances import open_instance
+from batch_pipelines_tests.support.postgres import PostgresServer, start_postgres
 from batch_pipelines_tests.support.service import LocalService, start_service
 
 
@@ -35,9 +41,28 @@ def local_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         service.stop()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("storages")
+    if marker and "instance" in metafunc.fixturenames:
+        metafunc.parametrize("instance_storage", marker.args, indirect=True)
+
+
 @pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+def instance_storage(request: pytest.FixtureRequest) -> str:
+    """Where ``instance`` keeps runs and events: the ``storages`` marker's parameter, SQLite without one."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def instance(instance_storage: str, request: pytest.FixtureRequest) -> Iterator[dg.DagsterInstance]:
+    with open_instance(instance_storage, lambda: request.getfixturevalue("postgres_server")) as instance:
         yield instance
 
 

@@ -4,8 +4,11 @@ import dagster as dg
 
 from batch_pipelines.local_service import FAULTS_METADATA_KEY, FaultPlan
 from batch_pipelines_tests.support.driver import DAYS
+from batch_pipelines_tests.support.instances import on_every_storage
 from batch_pipelines_tests.support.service import service_batches
 from batch_pipelines_tests.support.waiting import wait_until
+
+pytestmark = on_every_storage
 
 DAY = DAYS.get_partition_keys()[0]
 

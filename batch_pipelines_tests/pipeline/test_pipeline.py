@@ -13,11 +13,12 @@ import dagster as dg
 import pytest
 
 from batch_pipelines.pipeline import FAILURE_RATE_CHECK, OUTPUT_VALID_CHECK, ROWS_CHECK
-from batch_pipelines.local_service import FAULTS_METADATA_KEY, FaultPlan
+from batch_pipelines.local_service import FAULTS_METADATA_KEY, FaultPlan, HttpFault
 from batch_pipelines.pipeline.partition_lock import PartitionLock, lock_key
 from batch_pipelines_tests.support.child_runs import CRASH_EXIT, start_child
 from batch_pipelines_tests.support.clients import capture_logs, requests_sent
 from batch_pipelines_tests.support.driver import CATEGORIES, DAYS, in_progress_run
+from batch_pipelines_tests.support.instances import on_every_storage
 from batch_pipelines_tests.support.request_files import write_requests
 from batch_pipelines_tests.support.service import LocalService, sent_per_custom_id, service_batches
 from batch_pipelines_tests.support.waiting import TERMINAL, wait_until
@@ -42,6 +43,7 @@ def faults_on_first_attempt(plan: FaultPlan) -> Any:
     return lambda partition, attempt: {FAULTS_METADATA_KEY: plan.to_json()} if attempt == 1 else {}
 
 
+@on_every_storage
 def test_three_partitions_every_row_once(harness, service):
     h = harness(rows=8)
     h.submit(DAYS3)
@@ -109,6 +111,7 @@ def test_backfill_of_twenty_partitions_is_polled_in_one_tick(harness, service):
     assert sorted(e.partition for e in materialized) == sorted(days)
 
 
+@on_every_storage
 def test_crash_after_accept_leaves_one_batch(harness, service, instance, tmp_path):
     h = harness(rows=8)
     h.materialize([h.texts, h.pipeline.requests_asset], DAY)
@@ -128,6 +131,44 @@ def test_crash_after_accept_leaves_one_batch(harness, service, instance, tmp_pat
     assert meta["reattached"] == 1 and meta["batch_ids"] == [batches[0]["id"]]
     h.drive([DAY])
     assert set(h.results(DAY)["outcome"]) == {"succeeded"}
+
+
+@pytest.mark.storages("postgres")  # SQLite's is the reliability scenario "two submits of one partition racing"
+def test_two_run_workers_racing_to_submit_a_partition_make_one_batch(harness, service, instance, tmp_path):
+    """Two processes submit one partition at once through the PostgreSQL instance they share."""
+    h = harness(rows=8)
+    h.materialize([h.texts, h.pipeline.requests_asset], DAY)
+    # Lists are answered late, as they were when the call came: each racer misses the other's batch
+    # unless mutual exclusion holds.
+    slow_list = HttpFault(route="/v1/batches", method="GET", status=None, delay=1.5, after=True, times=2)
+    service.set_faults(FaultPlan(http_faults=(slow_list,)))
+    logs = [(tmp_path / f"racer-{n}.log").open("w") for n in range(2)]
+    racers = [
+        start_child("race", service.base_url, tmp_path / "storage", DAY, home=instance.root_directory, key=service.api_key or "",
+                    text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        for log in logs
+    ]  # fmt: skip
+    try:
+        assert [r.stdout.readline().strip() for r in racers] == ["ready", "ready"]  # loaded: then both at once
+        for racer in racers:
+            racer.stdin.write("go\n")
+            racer.stdin.close()
+        codes = [racer.wait(timeout=120) for racer in racers]
+    finally:
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
+                racer.wait()
+            racer.stdout.close()
+        for log in logs:
+            log.close()
+
+    assert codes == [0, 0], [Path(log.name).read_text()[-2000:] for log in logs]
+    [batch] = service_batches(service)
+    submissions = [r.asset_observation.metadata for r in instance.fetch_observations(h.pipeline.batch_asset.key, limit=10).records]
+    assert sorted(m["submitted"].value for m in submissions if "submitted" in m) == [0, 1]  # one created, one re-attached
+    h.drive([DAY])
+    assert len(h.results(DAY)) == 8 and set(h.results(DAY)["outcome"]) == {"succeeded"}
 
 
 def test_retryable_failures_succeed_on_the_second_attempt(harness, service):

@@ -10,8 +10,11 @@ from batch_pipelines.local_service import FaultPlan, HttpFault
 from batch_pipelines.pipeline.ledger import BATCHES_KEY, batches_metadata
 from batch_pipelines.submission import SubmittedBatch
 from batch_pipelines_tests.support.driver import DAYS, Harness
+from batch_pipelines_tests.support.instances import on_every_storage
 from batch_pipelines_tests.support.service import LocalService
 from batch_pipelines_tests.support.waiting import wait_for_batch
+
+pytestmark = on_every_storage
 
 _UNKNOWN = "batch_" + "0" * 24
 

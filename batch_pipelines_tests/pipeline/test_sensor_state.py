@@ -17,6 +17,7 @@ from batch_pipelines.pipeline.sensor_state import SensorState
 from batch_pipelines.submission import SubmittedBatch
 from batch_pipelines_tests.pipeline.test_sensor import create_batches, record
 from batch_pipelines_tests.support.driver import DAYS, RUN_KEY_TAG
+from batch_pipelines_tests.support.instances import on_every_storage
 from batch_pipelines_tests.support.service import LocalService, service_batches
 from batch_pipelines_tests.support.waiting import wait_until
 
@@ -47,6 +48,8 @@ def record_rounds(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: li
         )
 
 
+# SQLite only: its 1,000 batches take a minute; the other tests here hold the batches' state in
+# PostgreSQL's key-value table too.
 def test_the_cursor_stays_small_with_100_and_1000_batches_in_flight(harness, service, tmp_path):
     h = harness(rows=1, resource={"max_concurrent_polls": 8}, sensor_tick_budget_seconds=600.0)
     days = DAYS.get_partition_keys()[:100]
@@ -79,6 +82,7 @@ def _finished(tick) -> list[str | None]:
     return [e.partition for e in tick.asset_events if isinstance(e, dg.AssetMaterialization)]
 
 
+@on_every_storage
 def test_a_tick_the_daemon_died_in_is_reported_again_and_its_run_launched_once(harness, service):
     h = harness(rows=1)
     h.tick()  # a first stored tick: nothing in flight yet
@@ -102,6 +106,7 @@ def test_a_tick_the_daemon_died_in_is_reported_again_and_its_run_launched_once(h
     assert h.materialized_results() == {day}
 
 
+@on_every_storage
 def test_a_cursor_reset_reads_the_log_again_and_runs_nothing_twice(harness, service, tmp_path):
     h = harness(rows=1)
     days = DAYS.get_partition_keys()[:2]
@@ -121,6 +126,7 @@ def test_a_cursor_reset_reads_the_log_again_and_runs_nothing_twice(harness, serv
     assert group.partition == days[1] and [b.id for b in group.batches] == [running]
 
 
+@on_every_storage
 def test_two_pipelines_keep_their_batches_apart(harness, service, tmp_path):
     one, other = harness(rows=1), harness(rows=1, name="other")
     assert one.instance is other.instance
@@ -137,6 +143,7 @@ def test_two_pipelines_keep_their_batches_apart(harness, service, tmp_path):
     assert [[b.id for b in g.batches] for g in other.tracked()] == [[theirs]]
 
 
+@on_every_storage
 def test_a_cursor_from_before_moves_its_batches_into_the_instance(harness, service, tmp_path):
     h = harness(rows=1)
     day = DAYS.get_partition_keys()[0]

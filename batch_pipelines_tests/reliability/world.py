@@ -46,6 +46,7 @@ from batch_pipelines.submission import ATTEMPT_TAG, FINGERPRINT_TAG, PARTITION_T
 from batch_pipelines_tests.support.child_runs import start_child
 from batch_pipelines_tests.reliability.duplicates import ran, recorded_tags, unrecorded_duplicates
 from batch_pipelines_tests.support.driver import KEY_ENV, RUN_KEY_TAG, Harness, build, make_resource, make_texts, partitions_of_tags
+from batch_pipelines_tests.support.instances import scratch_dir
 from batch_pipelines_tests.support.profiles import OPENAI, Profile
 from batch_pipelines_tests.support.service import LocalService, sent_fingerprints, service_batches, start_service
 from batch_pipelines_tests.support.waiting import wait_until
@@ -332,7 +333,8 @@ class World:
 def open_world(scenario: Scenario, profile: Profile = OPENAI) -> Iterator[World]:
     """The world of one scenario; everything it started is stopped and removed on exit."""
     with ExitStack() as stack:
-        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bp-reliability-", ignore_cleanup_errors=True)))
+        # In memory where there is some (support/instances.py): a scenario stores thousands of events.
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bp-reliability-", dir=scratch_dir(), ignore_cleanup_errors=True)))
         stack.enter_context(_environ(KEY_ENV, KEY))
         stack.enter_context(_quiet_drops())
         (root / "dagster").mkdir()
