@@ -15,7 +15,7 @@ POSTGRES_INITDB := $(wildcard /usr/lib/postgresql/*/bin/initdb)
 # System packages are installed directly as root, through sudo otherwise.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup run serve smoke reliability browser postgres test test-fast bench clean
+.PHONY: setup run serve smoke reliability browser postgres test test-fast bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ bench: setup
 	$(BIN)/python benchmarks/bench_results.py
 	$(BIN)/python benchmarks/bench_sensor.py
 	$(BIN)/python benchmarks/bench_reuse.py
+
+# A backfill of 1,000,000 rows over 100 days on PostgreSQL, S3 (moto) and dagster-daemon (about 15 min).
+bench-scale: setup
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) $(DEMO_HOME) .artifacts .pytest_cache
