@@ -16,7 +16,8 @@ same host frees at once the slot of a process that is gone. An instance without 
 concurrency support gets a lock of this process only. Beyond the lock,
 :meth:`~batch_pipelines.submission.Submitter.keep_first` reconciles after the fact.
 
-The Dagster-free code below the face gets the lock handed in as a context manager factory.
+The runtime (:meth:`~batch_pipelines.pipeline.runtime.PipelineRuntime.lock`) holds it around its
+calls into the Dagster-free code below the face, which takes no lock of its own.
 """
 
 from __future__ import annotations
