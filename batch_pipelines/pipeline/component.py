@@ -224,6 +224,7 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable):
     max_cost_per_run_usd: float | None = DEFAULT_OPTIONS.max_cost_per_run_usd
     max_requests_per_shard: int | None = DEFAULT_OPTIONS.max_requests_per_shard
     max_partitions_per_run: int = DEFAULT_OPTIONS.max_partitions_per_run
+    results_gather_seconds: float = DEFAULT_OPTIONS.results_gather_seconds
     sensor_minimum_interval_seconds: int = DEFAULT_OPTIONS.sensor_minimum_interval_seconds
     sensor_tick_budget_seconds: float = DEFAULT_OPTIONS.sensor_tick_budget_seconds
     sensor_default_status: Literal["running", "stopped"] = _STATUS_NAMES[DEFAULT_OPTIONS.sensor_default_status]

@@ -188,6 +188,7 @@ def build_batch_pipeline(
             resource_key=opts.resource_key,
             partitions_def=partitions_def,
             max_partitions_per_run=opts.max_partitions_per_run,
+            gather_seconds=opts.results_gather_seconds,
             minimum_interval_seconds=opts.sensor_minimum_interval_seconds,
             tick_budget_seconds=opts.sensor_tick_budget_seconds,
             default_status=opts.sensor_default_status,

@@ -86,6 +86,11 @@ class PipelineOptions:
     #: together. Each partition keeps its own batches, metadata and checks; 1: a run per partition.
     #: Blocking mode always runs one partition per run (each run waits for its batches).
     max_partitions_per_run: int = 10
+    #: Seconds a partition whose batches ended may wait for the others its submitting run sent
+    #: (the run still submitting, or their batches still in flight), so that the sensor asks for
+    #: all their results in one run rather than one run per partition as each ends. Batches take
+    #: hours; a few minutes more for fewer, fuller runs. 0: ask as soon as each partition is done.
+    results_gather_seconds: float = 300.0
     #: Seconds between two sensor ticks.
     sensor_minimum_interval_seconds: int = 30
     #: Seconds one tick may spend polling (keep it under the deployment's sensor timeout, 60 s by default).
@@ -100,6 +105,8 @@ class PipelineOptions:
             raise ValueError(f"on_stale must be 'resend' or 'report', not {self.on_stale!r}")
         if self.max_partitions_per_run < 1:
             raise ValueError(f"max_partitions_per_run must be >= 1, got {self.max_partitions_per_run}")
+        if self.results_gather_seconds < 0:
+            raise ValueError(f"results_gather_seconds must be >= 0, got {self.results_gather_seconds}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if not 0 <= self.failure_rate_threshold <= 1:

@@ -6,6 +6,11 @@ partitions done in a tick go in runs over ranges of neighbours (Dagster's partit
 as its own backfills set them), of one attempt each (the run's attempt tag), at most
 ``max_partitions_per_run`` partitions each; the results step joins each partition on its own
 (:mod:`batch_pipelines.pipeline.run_partitions`).
+
+Partitions of one backfill run end close together but not in one tick: the run submits them
+one after another, and their batches end in their own time. So a partition done while others
+its run submitted are still in flight, or while that run may still submit more (a run over a
+range, not finished), waits for them a while (:func:`waiting_to_gather`): they go in one run.
 """
 
 import hashlib
@@ -18,7 +23,42 @@ from batch_pipelines.pipeline.run_partitions import ASSET_PARTITION_RANGE_END_TA
 from batch_pipelines.pipeline.sensor_state import Group
 from batch_pipelines.submission import partition_tag
 
-__all__ = ["results_run_requests"]
+__all__ = ["results_run_requests", "shares_runs", "waiting_to_gather"]
+
+
+def shares_runs(partitions_def: dg.PartitionsDefinition | None, most: int) -> bool:
+    """Whether partitions done together may share a results run.
+
+    A range of multi-dimensional keys is not one key range per dimension: those go one by one.
+    """
+    return partitions_def is not None and not isinstance(partitions_def, dg.MultiPartitionsDefinition) and most > 1
+
+
+def waiting_to_gather(instance: dg.DagsterInstance, groups: Sequence[Group], *, now: float, seconds: float) -> set[str]:
+    """The partitions done less than ``seconds`` ago that wait for the others their run sent.
+
+    A done group waits while another group of the same run and attempt is in flight, or while
+    that run, over a range of partitions, is not finished (it may submit more). A run that died
+    unseen (its worker's machine gone) holds nobody longer than ``seconds``.
+    """
+    if seconds <= 0:
+        return set()
+    by_run: dict[tuple[str, int], list[Group]] = {}
+    for group in groups:
+        if group.run_id is not None and group.partition is not None:
+            by_run.setdefault((group.run_id, group.attempt), []).append(group)
+    waiting: set[str] = set()
+    for (run_id, _), siblings in by_run.items():
+        fresh = [g for g in siblings if g.done and now - (g.done_at or now) < seconds]
+        if fresh and (any(not g.done for g in siblings) or _submitting(instance, run_id)):
+            waiting.update(str(g.partition) for g in fresh)
+    return waiting
+
+
+def _submitting(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether the run may still record batches of more partitions: a run over a range, not finished."""
+    run = instance.get_run_by_id(run_id)
+    return run is not None and not run.is_finished and ASSET_PARTITION_RANGE_START_TAG in run.tags
 
 
 def results_run_requests(
@@ -62,8 +102,7 @@ def results_run_requests(
     for group in fresh:
         if group.partition is not None:
             by_attempt.setdefault(group.attempt, {})[group.partition] = group
-    # A range of multi-dimensional keys is not one key range per dimension: those go one by one.
-    one_by_one = partitions_def is None or isinstance(partitions_def, dg.MultiPartitionsDefinition) or most == 1
+    one_by_one = not shares_runs(partitions_def, most)
     for groups_of in by_attempt.values():
         if len(groups_of) == 1 or one_by_one:
             ranges += [[g] for g in groups_of.values()]

@@ -11,8 +11,9 @@ the next tick), records progress as observations on ``<name>_batch``
 materializes ``<name>_batch`` (once per round) and requests ``<name>_results`` for it, unless
 the partition's results were joined from these batches already (a re-attached round, a first
 tick over an old history). Partitions done in the same tick share runs over ranges of
-partitions (:mod:`batch_pipelines.pipeline.results_requests`), so a burst of finished
-partitions costs a few run requests, not one each. A batch whose poll fails stays in flight with
+partitions (:mod:`batch_pipelines.pipeline.results_requests`), and a partition done before the
+others its run submitted waits a while for them, so a burst of finished partitions costs a few
+run requests, not one each. A batch whose poll fails stays in flight with
 a growing delay; it never stops the others. A batch the provider refused because its token queue was full holds its
 partition's results run back by the resource's ``resubmit_delay``: that run submits the shard
 again, and the queue has had time to drain.
@@ -38,7 +39,7 @@ from batch_pipelines.pipeline.ledger import (
 from batch_pipelines.pipeline.options import DEFAULT_OPTIONS
 from batch_pipelines.pipeline.progress import ended_at, finished_metadata, in_flight_metadata, progress_metadata, started_at, usage_of
 from batch_pipelines.pipeline.resource import BatchProviderResource
-from batch_pipelines.pipeline.results_requests import results_run_requests
+from batch_pipelines.pipeline.results_requests import results_run_requests, shares_runs, waiting_to_gather
 from batch_pipelines.pipeline.sensor_state import Cursor, Group, SensorState, Tracked
 from batch_pipelines.providers import TERMINAL_STATUSES, Batch, poll_batches
 from batch_pipelines.submission import RESUBMIT_TAG, SubmittedBatch, partition_tag
@@ -54,6 +55,7 @@ def build_batch_sensor(
     resource_key: str = DEFAULT_OPTIONS.resource_key,
     partitions_def: dg.PartitionsDefinition | None = None,
     max_partitions_per_run: int = DEFAULT_OPTIONS.max_partitions_per_run,
+    gather_seconds: float = DEFAULT_OPTIONS.results_gather_seconds,
     minimum_interval_seconds: int = DEFAULT_OPTIONS.sensor_minimum_interval_seconds,
     tick_budget_seconds: float = DEFAULT_OPTIONS.sensor_tick_budget_seconds,
     default_status: dg.DefaultSensorStatus = DEFAULT_OPTIONS.sensor_default_status,
@@ -63,8 +65,12 @@ def build_batch_sensor(
     ``tick_budget_seconds`` bounds the time spent polling in one tick (keep it under the sensor
     timeout of your deployment, 60 s by default); batches not polled in time go first next tick.
     Partitions whose batches ended in the same tick share results runs: one per range of
-    neighbouring partitions (in ``partitions_def``'s order) of at most ``max_partitions_per_run``.
+    neighbouring partitions (in ``partitions_def``'s order) of at most ``max_partitions_per_run``;
+    a partition done while others its run submitted are not (or the run is still submitting)
+    waits up to ``gather_seconds`` for them.
     """
+    if not shares_runs(partitions_def, max_partitions_per_run):
+        gather_seconds = 0.0  # nothing to gather: every partition has a run of its own
 
     @dg.sensor(
         name=f"{name}_sensor",
@@ -123,6 +129,10 @@ def build_batch_sensor(
         events: list[dg.AssetObservation | dg.AssetMaterialization] = []
         ready: list[Group] = []
         for group in groups:
+            if group.done and group.done_at is None:
+                group.done_at = now
+        waiting = waiting_to_gather(context.instance, groups, now=now, seconds=gather_seconds)
+        for group in groups:
             states = [b.state() for b in group.batches]
             mine = {b.id: links[b.id] for b in group.batches if b.id in links}
             if group.partition in report_again or any(b.id in changed for b in group.batches):
@@ -132,7 +142,7 @@ def build_batch_sensor(
                     )
                 )
                 group.pending = token
-            if not group.done or max((b.hold_until for b in group.batches), default=0.0) > now:
+            if not group.done or group.partition in waiting or max((b.hold_until for b in group.batches), default=0.0) > now:
                 continue
             if not round_finished(context.instance, batch_key, group.partition, group.round):
                 events.append(
@@ -175,7 +185,7 @@ def _read_new_rounds(
         if not is_submission(metadata):
             continue  # progress this sensor observed
         # A new submission opens a new round: it supersedes the partition's older group.
-        state.open(_group(record.partition_key, record.storage_id, 1, read_batches(metadata), now))
+        state.open(_group(record.partition_key, record.storage_id, 1, read_batches(metadata), now, record.run_id))
 
     controls = instance.fetch_observations(
         dg.AssetRecordsFilter(results_key, after_storage_id=cursor.after_control), limit=PAGE, ascending=True
@@ -189,15 +199,16 @@ def _read_new_rounds(
         batches = read_batches(metadata)
         attempt = max((b.attempt for b in batches), default=1)
         # A retry (or resubmission) of the round: unless a newer round of the partition started since.
-        state.open(_group(record.partition_key, round_id, attempt, batches, now))
+        state.open(_group(record.partition_key, round_id, attempt, batches, now, record.run_id))
 
 
-def _group(partition: str | None, round_id: int, attempt: int, batches: Sequence[SubmittedBatch], now: float) -> Group:
+def _group(partition: str | None, round_id: int, attempt: int, batches: Sequence[SubmittedBatch], now: float, run_id: str) -> Group:
     return Group(
         partition=partition,
         round=round_id,
         attempt=attempt,
         batches=[Tracked(id=b.batch_id, seen_at=now) for b in batches],
+        run_id=run_id or None,  # a runless record (reported from outside a run) has ''
     )
 
 

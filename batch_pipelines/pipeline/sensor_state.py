@@ -81,6 +81,10 @@ class Group(BaseModel):
     round: int
     attempt: int
     batches: list[Tracked]
+    #: The run that recorded the round or attempt (it may send more partitions' batches), and
+    #: time.time() when the sensor first saw every batch of the group ended.
+    run_id: str | None = None
+    done_at: float | None = None
     #: Token of the tick that reported on the group, until a stored cursor carries it (module docstring).
     pending: str | None = None
     #: The reporting tick handed the ended group off (materialization, results run): dropped once it is stored.

@@ -25,7 +25,7 @@ def test_the_component_passes_every_option_on():
         policy="quarantine", max_attempts=4, retry_invalid_output=True, on_stale="report", cancel_superseded=False, superseded_wait_seconds=9.0, reuse=False, reuse_retention_days=2.5, storage_retention_days=7.0,
         failure_rate_threshold=0.5, blocking=True,
         cancel_on_termination=False, resource_key="other", io_manager_key="parquet", group_name="g", key_prefix=["team"],
-        batch_tags={"team": "ml"}, max_cost_per_partition_usd=1.5, max_cost_per_run_usd=4.0, max_requests_per_shard=7, max_partitions_per_run=3, sensor_minimum_interval_seconds=5,
+        batch_tags={"team": "ml"}, max_cost_per_partition_usd=1.5, max_cost_per_run_usd=4.0, max_requests_per_shard=7, max_partitions_per_run=3, results_gather_seconds=1.0, sensor_minimum_interval_seconds=5,
         sensor_tick_budget_seconds=3.0, sensor_default_status="stopped",
     )  # fmt: skip
     assert set(changed) == set(PipelineOptions.names()), "a new option: give it a changed value here"
@@ -43,7 +43,7 @@ def test_the_factory_refuses_an_unknown_option_by_name():
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
-    [("max_attempts", 0, "max_attempts"), ("policy", "drop", "policy"), ("on_stale", "keep", "on_stale"), ("max_cost_per_partition_usd", -1.0, "max_cost"), ("failure_rate_threshold", 2.0, "failure_rate_threshold"), ("max_partitions_per_run", 0, "max_partitions_per_run"), ("storage_retention_days", 0.5, "storage_retention_days must be at least 1")],
+    [("max_attempts", 0, "max_attempts"), ("policy", "drop", "policy"), ("on_stale", "keep", "on_stale"), ("max_cost_per_partition_usd", -1.0, "max_cost"), ("failure_rate_threshold", 2.0, "failure_rate_threshold"), ("max_partitions_per_run", 0, "max_partitions_per_run"), ("results_gather_seconds", -1.0, "results_gather_seconds"), ("storage_retention_days", 0.5, "storage_retention_days must be at least 1")],
 )
 def test_options_out_of_range_are_refused(option, value, message):
     with pytest.raises(ValueError, match=message):

@@ -1,18 +1,20 @@
 """The sensor alone: event-log reading, time budget, failure isolation, cursor."""
 
 import json
+import uuid
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.events import AssetObservationData, DagsterEvent, DagsterEventType
 
 from batch_pipelines import make_provider
 from batch_pipelines.local_service import FaultPlan, HttpFault
 from batch_pipelines.pipeline.ledger import BATCHES_KEY, batches_metadata
 from batch_pipelines.submission import SubmittedBatch
-from batch_pipelines_tests.support.driver import DAYS, Harness
+from batch_pipelines_tests.support.driver import DAYS, Harness, range_tags
 from batch_pipelines_tests.support.instances import on_every_storage
 from batch_pipelines_tests.support.service import LocalService
-from batch_pipelines_tests.support.waiting import wait_for_batch
+from batch_pipelines_tests.support.waiting import wait_for_batch, wait_until
 
 pytestmark = on_every_storage
 
@@ -37,6 +39,20 @@ def record(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, batch
     instance.report_runless_asset_event(
         dg.AssetObservation(asset_key=key, partition=partition, metadata={BATCHES_KEY: batches_metadata(records)})
     )
+
+
+def submit_run(instance: dg.DagsterInstance, partitions: list[str], status: dg.DagsterRunStatus) -> str:
+    """A run over ``partitions`` in the instance, as a backfill makes one; its id."""
+    run = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=status, tags=range_tags(partitions))
+    return instance.add_run(run).run_id
+
+
+def record_in_run(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey, partition: str, batch_ids: list[str]) -> None:
+    """What ``<name>_batch`` records in the run ``run_id`` that submits ``partition``."""
+    records = [SubmittedBatch(batch_id=b, shard=i, fingerprint=f"fp{i}", attempt=1) for i, b in enumerate(batch_ids)]
+    observation = dg.AssetObservation(asset_key=key, partition=partition, metadata={BATCHES_KEY: batches_metadata(records)})
+    event = DagsterEvent(DagsterEventType.ASSET_OBSERVATION.value, job_name="__ASSET_JOB", event_specific_data=AssetObservationData(observation))
+    instance.report_dagster_event(event, run_id=run_id)
 
 
 def polled(h: Harness) -> dict[str, float]:
@@ -112,3 +128,42 @@ def test_partitions_done_together_share_a_run_request_which_a_lost_tick_asks_aga
     assert [r.run_key for r in made_again if r.run_key == asked.run_key] == [asked.run_key]
     assert sorted(p for r in made_again for p in h.partitions_of(r)) == days
     assert len(made_again) == 2
+
+
+def test_partitions_done_while_their_run_still_submits_wait_for_it_and_share_one_run(harness, service, tmp_path):
+    h = harness(rows=1)
+    days = DAYS.get_partition_keys()[:4]
+    ids = create_batches(service, 4, tmp_path)
+    run_id = submit_run(h.instance, days, dg.DagsterRunStatus.STARTED)
+    for day, batch_id in zip(days[:3], ids):
+        record_in_run(h.instance, run_id, h.pipeline.batch_asset.key, day, [batch_id])
+
+    early = h.tick()
+
+    # Three days' batches ended, but their run is still submitting the fourth: no results run yet.
+    assert not early.run_requests
+    assert {g.partition for g in h.tracked()} == set(days[:3])
+    record_in_run(h.instance, run_id, h.pipeline.batch_asset.key, days[3], [ids[3]])
+    h.instance.report_run_failed(h.instance.get_run_by_id(run_id))  # it ends (here: failing after its last submit)
+
+    [request] = h.tick().run_requests
+
+    assert h.partitions_of(request) == days  # the four days in one run
+    assert not h.tracked()
+
+
+def test_a_partition_waits_for_a_run_sibling_in_flight_only_up_to_results_gather_seconds(harness, service, tmp_path):
+    h = harness(rows=1, results_gather_seconds=0.5)
+    days = DAYS.get_partition_keys()[:3]
+    ids = create_batches(service, 2, tmp_path)
+    run_id = submit_run(h.instance, days, dg.DagsterRunStatus.SUCCESS)
+    for day, batch_ids in zip(days, [[ids[0]], [ids[1]], [_UNKNOWN]]):  # the third never ends
+        record_in_run(h.instance, run_id, h.pipeline.batch_asset.key, day, batch_ids)
+
+    assert not h.tick().run_requests  # two days done, their sibling in flight: they wait ...
+
+    wait_until(lambda: h.tick().run_requests, interval=0.1)
+
+    # ... until results_gather_seconds have passed: then they go, together, without it.
+    assert h.requested_partitions() == days[:2] and len(h.requested) == 1
+    assert [g.partition for g in h.tracked()] == [days[2]]
