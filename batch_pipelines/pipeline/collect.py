@@ -8,13 +8,15 @@ way, after a delay, without spending an attempt of its rows. The final materiali
 whole table, every row once, with counts, tokens, cost and checks; then the pipeline's stored
 files older than ``storage_retention_days`` are deleted (:mod:`batch_pipelines.storage.retention`):
 this partition's round is over, other partitions' files only when none is recent. A run over
-several partitions joins each on its own (:mod:`batch_pipelines.pipeline.run_partitions`).
+several partitions joins each on its own (:mod:`batch_pipelines.pipeline.run_partitions`) and
+cleans up once, at its end (one listing of the storage per run, not one per partition).
 """
 
+import contextlib
 import functools
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ from batch_pipelines.pipeline.run_partitions import load_source, partition_check
 from batch_pipelines.pipeline.runtime import PipelineRuntime
 from batch_pipelines.providers import Batch, BatchProvider, ResultFiles, poll_batches
 from batch_pipelines.requests import RequestManifest, RequestValidationError, frame_digest
-from batch_pipelines.storage import Cleanup, WorkingCopy, clean_up
+from batch_pipelines.storage import Cleanup, Storage, WorkingCopy, clean_up
 from batch_pipelines.submission import REUSE_FOLDER, PartitionFolder, SubmittedBatch, partition_dir
 
 __all__ = ["Joined", "collect_results", "join_partition"]
@@ -72,7 +74,7 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, outp
     for partition in partitions:
         assert partition is not None  # a range is of partitions
         try:
-            joined = join_partition(rt, context, partition, load_source(context, rt.source_key, partition))
+            joined = join_partition(rt, context, partition, load_source(context, rt.source_key, partition), clean=False)
         except Exception as exc:  # noqa: BLE001 - reported with the partition, after the others were joined
             failed[partition] = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
             context.log.error(f"{rt.name} {partition}: not joined: {failed[partition]}")
@@ -84,6 +86,8 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, outp
         )
         yield dg.AssetMaterialization(asset_key=rt.results_key, partition=partition, metadata={**stored, **joined.metadata})
         yield from partition_check_evaluations(context, rt.results_key, partition, joined.checks)
+    # Not under any partition's lock: what it deletes is old in partitions with no recent file.
+    _clean_up(rt, context, rt.resource(context).storage(context.instance))
     if failed:
         details = "\n".join(f"partition {p}: {why}" for p, why in failed.items())
         raise dg.Failure(
@@ -92,14 +96,20 @@ def collect_results(rt: PipelineRuntime, context: dg.AssetExecutionContext, outp
         )
 
 
-def join_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, partition: str | None, source: pd.DataFrame) -> Joined | None:
-    """Join one partition's round; submit a retry and return None (blocking mode: wait), or its final table."""
+def join_partition(
+    rt: PipelineRuntime, context: dg.AssetExecutionContext, partition: str | None, source: pd.DataFrame, *, clean: bool = True
+) -> Joined | None:
+    """Join one partition's round; submit a retry and return None (blocking mode: wait), or its final table.
+
+    With ``clean`` the stored files past the retention are deleted once it is joined (the
+    partition's own old attempts too), and its metadata says what went.
+    """
     resource = rt.resource(context)
     current = load_round(context.instance, rt.batch_key, rt.results_key, partition)
     if current is None:
         raise dg.Failure(f"no batches recorded for this partition: materialize {rt.name}_batch first")
     with rt.files(context, resource) as copy:
-        return _collect(rt, context, resource, copy, source, partition, current)
+        return _collect(rt, context, resource, copy, source, partition, current, clean=clean)
 
 
 def _collect(
@@ -110,6 +120,8 @@ def _collect(
     source: pd.DataFrame,
     partition: str | None,
     current: Round,
+    *,
+    clean: bool,
 ) -> Joined | None:
     folder = rt.folder(copy, partition)
     first = rt.manifest(copy, folder, 1)
@@ -186,7 +198,6 @@ def _collect(
 
     if store is not None:
         rt.record_answers(copy, store, _results.fresh_answers(frame, _results.answer_columns(frame, source.columns)))
-    cleanup = _clean_up(rt, context, copy, partition)
     metadata: dict[str, Any] = {
         **summary_metadata(summary),
         "attempts": current.attempt,
@@ -196,10 +207,12 @@ def _collect(
         "dagster/row_count": len(frame),
         "dagster/column_schema": column_schema(frame),
         SOURCE_DIGEST_KEY: frame_digest(source) or "",
-        "storage_cleanup": dg.MetadataValue.json(
-            {"files_deleted": cleanup.files, "bytes_deleted": cleanup.bytes, "partitions": cleanup.partitions}
-        ),
     }
+    if clean:
+        cleanup = _clean_up(rt, context, copy.storage, settled=[partition])
+        metadata["storage_cleanup"] = dg.MetadataValue.json(
+            {"files_deleted": cleanup.files, "bytes_deleted": cleanup.bytes, "partitions": cleanup.partitions}
+        )
     checks = evaluate_checks(
         frame,
         results_key=rt.results_key,
@@ -256,12 +269,16 @@ def _join_attempt(
     return joined.frame, joined.anomalies
 
 
-def _clean_up(rt: PipelineRuntime, context: dg.AssetExecutionContext, copy: WorkingCopy, partition: str | None) -> Cleanup:
-    """Delete the pipeline's stored files past the retention (this partition's round just ended); logged."""
-    with rt.lock(context, partition):
+def _clean_up(rt: PipelineRuntime, context: dg.AssetExecutionContext, storage: Storage, *, settled: Sequence[str | None] = ()) -> Cleanup:
+    """Delete the pipeline's stored files past the retention; logged.
+
+    ``settled``: at most one partition whose round just ended, under its lock: its own old
+    attempts go even though its newest files are recent.
+    """
+    with rt.lock(context, settled[0]) if settled else contextlib.nullcontext():
         cleanup = clean_up(
-            copy.storage, rt.name, retention_days=rt.options.storage_retention_days,
-            settled={partition_dir(partition)}, not_partitions={REUSE_FOLDER},
+            storage, rt.name, retention_days=rt.options.storage_retention_days,
+            settled={partition_dir(p) for p in settled}, not_partitions={REUSE_FOLDER},
         )  # fmt: skip
     if cleanup.files:
         context.log.info(

@@ -13,11 +13,9 @@ before it lets go of the partition's lock (:mod:`.partition_lock`, held in the i
 """
 
 # No ``from __future__ import annotations``: Dagster reads annotations of the functions it wraps.
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -54,6 +52,7 @@ from batch_pipelines.requests import (
     RequestValidationError,
     SendOnce,
     build_request_files,
+    check_request_rows,
     estimate_requests,
     frame_digest,
 )
@@ -187,19 +186,18 @@ class PipelineRuntime:
         return dg.MaterializeResult()
 
     def check_partitions(self, context: dg.AssetExecutionContext, partitions: Sequence[str | None]) -> None:
-        """Refuse the run if any partition's rows cannot become requests (built aside, then dropped)."""
+        """Refuse the run if any partition's rows cannot become requests (checked, nothing written)."""
         resource = self.resource(context)
         refused: dict[str, RequestValidationError] = {}
         for partition in partitions:
             source = load_source(context, self.source_key, partition)
-            with tempfile.TemporaryDirectory(prefix="batch_pipelines_check_") as scratch:
-                try:
-                    build_request_files(
-                        source, self.spec, Path(scratch), profile=resource.profile, policy=self.options.policy,
-                        max_requests_per_shard=self.options.max_requests_per_shard,
-                    )  # fmt: skip
-                except RequestValidationError as exc:
-                    refused[str(partition)] = exc
+            try:
+                check_request_rows(
+                    source, self.spec, profile=resource.profile, policy=self.options.policy,
+                    max_requests_per_shard=self.options.max_requests_per_shard,
+                )  # fmt: skip
+            except RequestValidationError as exc:
+                refused[str(partition)] = exc
         if refused:
             details = "\n".join(f"partition {p}: {exc}" for p, exc in refused.items())
             raise dg.Failure(

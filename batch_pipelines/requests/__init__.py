@@ -30,12 +30,12 @@ Modules, each importing only those listed before it:
 - ``shards``: :class:`Shard` files within limits, and the id map
 - ``manifest``: :class:`RequestManifest`
 - ``template_lines``, ``function_lines``: rows into lines, per kind of spec
-- ``build``: :func:`build_request_files`
+- ``build``: :func:`build_request_files`, :func:`check_request_rows`
 """
 
 from batch_pipelines.requests.estimate import BYTES_PER_TOKEN, RequestEstimate, estimate_requests
 from batch_pipelines.requests.fingerprints import FINGERPRINT_COLUMN, fingerprint_keys
-from batch_pipelines.requests.build import SIZE_MARGIN, build_request_files
+from batch_pipelines.requests.build import SIZE_MARGIN, build_request_files, check_request_rows
 from batch_pipelines.requests.custom_ids import custom_ids
 from batch_pipelines.requests.manifest import IDS_NAME, MANIFEST_NAME, RequestManifest
 from batch_pipelines.requests.media import MediaFile, MediaPart, MediaUploader
@@ -70,6 +70,7 @@ __all__ = [
     "RequestValidationError",
     "Shard",
     "build_request_files",
+    "check_request_rows",
     "custom_ids",
     "fingerprint_keys",
     "frame_digest",

@@ -81,6 +81,40 @@ def build_request_files(
     already has an answer, or repeats one sent earlier in the build, is held back: in the id map
     (shard ``HELD_BACK``), in no shard, counted in ``manifest.held_back``.
     """
+    manifest = _build(
+        df, spec, Path(out_dir), profile=profile, policy=policy, attempt=attempt, upload_media=upload_media, media_refs=media_refs,
+        size_margin=size_margin, max_requests_per_shard=max_requests_per_shard, send_once=send_once,
+    )  # fmt: skip
+    assert manifest is not None
+    return manifest
+
+
+def check_request_rows(
+    df: pd.DataFrame, spec: RequestSpec, *, profile: ProviderProfile, policy: Policy = "fail", max_requests_per_shard: int | None = None
+) -> None:
+    """Raise the :class:`RequestValidationError` :func:`build_request_files` would raise, writing nothing.
+
+    For a caller that must know several tables are good before it writes any (a run over several
+    partitions): the same checks, line by line, without a file, a hash or an id map.
+    """
+    _build(df, spec, None, profile=profile, policy=policy, max_requests_per_shard=max_requests_per_shard)
+
+
+def _build(
+    df: pd.DataFrame,
+    spec: RequestSpec,
+    out_dir: Path | None,
+    *,
+    profile: ProviderProfile,
+    policy: Policy = "fail",
+    attempt: int = 1,
+    upload_media: MediaUploader | None = None,
+    media_refs: MutableMapping[str, str] | None = None,
+    size_margin: float = SIZE_MARGIN,
+    max_requests_per_shard: int | None = None,
+    send_once: SendOnce | None = None,
+) -> RequestManifest | None:
+    """The build; with no ``out_dir`` a check that writes nothing and returns None (or raises)."""
     if policy not in get_args(Policy):
         raise ValueError(f"policy must be 'fail' or 'quarantine', not {policy!r}")
     if not 0 <= size_margin < 1:
@@ -93,12 +127,13 @@ def build_request_files(
         requests=min(counts) if counts else None,
         inputs=profile.max_embedding_inputs if spec.endpoint == EMBEDDINGS else None,
     )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    values = read_values(df, spec) if send_once is not None else None
-    prior = unchanged_fingerprints(values, spec, profile, out_dir)  # before the previous build's files go
-    for stale in [*out_dir.glob(SHARD_GLOB), out_dir / IDS_NAME, out_dir / MANIFEST_NAME]:
-        stale.unlink(missing_ok=True)
+    values = read_values(df, spec) if send_once is not None and out_dir is not None else None
+    prior = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        prior = unchanged_fingerprints(values, spec, profile, out_dir)  # before the previous build's files go
+        for stale in [*out_dir.glob(SHARD_GLOB), out_dir / IDS_NAME, out_dir / MANIFEST_NAME]:
+            stale.unlink(missing_ok=True)
 
     if spec.key_column is None:
         keys, unique = pd.Series(df.index), df.index.is_unique
@@ -115,7 +150,9 @@ def build_request_files(
         lines = TemplateLines(df, spec, report, refs, upload_media)
     else:
         lines = FunctionLines(df, spec, profile, report)
-    writer = ShardWriter(out_dir, limits, _key_array(keys), out_dir / IDS_NAME, dry=report.failing)
+    dry = out_dir is None
+    folder = out_dir or Path()
+    writer = ShardWriter(folder, limits, _key_array(keys), folder / IDS_NAME, dry=dry or report.failing)
     try:
         start, size, line_bytes, line_count, held_back = 0, _FIRST_CHUNK_ROWS, 0, 0, 0
         while start < len(df):
@@ -146,6 +183,8 @@ def build_request_files(
         raise
     if report.failing:
         raise RequestValidationError(report.problems, total_rows=len(df), context=context)
+    if out_dir is None:
+        return None
     shards = [s.model_copy(update={"attempt": attempt}) for s in written]
     manifest = RequestManifest(
         provider=profile.name,

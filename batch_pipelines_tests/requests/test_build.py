@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from batch_pipelines.profiles import custom_profile
-from batch_pipelines.requests import IDS_NAME, MANIFEST_NAME, RequestSpec, RequestValidationError, build_request_files
+from batch_pipelines.requests import IDS_NAME, MANIFEST_NAME, RequestSpec, RequestValidationError, build_request_files, check_request_rows
 from batch_pipelines_tests.support.frames import (
     MOONSHOT,
     OPENAI,
@@ -53,6 +53,24 @@ def test_single_request_over_the_file_limit(tmp_path):
         build_request_files(df, chat_spec(), tmp_path, profile=profile)
     manifest = build_request_files(df, chat_spec(), tmp_path, profile=profile, policy="quarantine")
     assert manifest.requests == 2 and [r.reasons for r in manifest.rejected] == [["too_large"]]
+
+
+def test_the_check_raises_what_the_build_would_and_writes_nothing(tmp_path, monkeypatch):
+    profile = custom_profile("http://127.0.0.1:1", max_file_bytes=400)
+    bad = pd.DataFrame({"text": ["short", "x" * 500, None]})
+    with pytest.raises(RequestValidationError) as built:
+        build_request_files(bad, chat_spec(), tmp_path / "built", profile=profile)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)  # where a check with no folder could write
+
+    with pytest.raises(RequestValidationError) as checked:
+        check_request_rows(bad, chat_spec(), profile=profile)
+    check_request_rows(bad.iloc[[0]], chat_spec(), profile=profile)  # a good table: no error
+    check_request_rows(bad, chat_spec(), profile=profile, policy="quarantine")  # bad rows left out: no error
+
+    assert str(checked.value) == str(built.value) and codes(checked) == codes(built) == {"too_large": 1, "missing_value": 1}
+    assert not list(here.iterdir())
 
 
 def test_chunking_does_not_change_the_files(tmp_path, monkeypatch):
