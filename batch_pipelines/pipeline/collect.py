@@ -175,7 +175,7 @@ def _collect(
                     send_once=rt.send_once(context, copy),
                 )  # fmt: skip
                 copy.push(folder.attempt(plan.attempt), exact=True)
-                retry_cost = rt.check_budget(context, resource, retry, spent=summary.cost_usd or 0.0)
+                retry_cost = rt.budget(resource).check(context, retry, spent=summary.cost_usd or 0.0)
                 records = [s.record for s in submitter.submit(retry, asset=rt.results_key.to_user_string())]
             context.log_event(
                 dg.AssetObservation(

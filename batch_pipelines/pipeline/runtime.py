@@ -4,7 +4,7 @@ One :class:`PipelineRuntime` per pipeline holds its name, request spec, options 
 It turns a Dagster context into the Dagster-free parts below it: request files
 (:mod:`batch_pipelines.requests`), the partition's folder and the submit-once engine
 (:mod:`batch_pipelines.submission`), and records what happened in the ledger. The results step is
-:mod:`batch_pipelines.pipeline.collect`. A run may cover several partitions (a backfill's
+:mod:`batch_pipelines.pipeline.collect`; what a submission may cost, :mod:`.budget`. A run may cover several partitions (a backfill's
 ``multi_run`` policy): each is built and submitted on its own (:mod:`batch_pipelines.pipeline.run_partitions`).
 
 Every step works on a :class:`~batch_pipelines.storage.WorkingCopy` of the resource's storage
@@ -22,6 +22,7 @@ import dagster as dg
 import pandas as pd
 
 from batch_pipelines.pipeline.blocking import cancel_if_stopped, wait_ended, wait_for_batches
+from batch_pipelines.pipeline.budget import SubmissionBudget
 from batch_pipelines.pipeline.ledger import (
     BATCHES_KEY,
     REUSE_RUN_TAG,
@@ -32,7 +33,6 @@ from batch_pipelines.pipeline.ledger import (
     control_metadata,
     first_built,
     load_round,
-    run_submitted_cost,
 )
 from batch_pipelines.pipeline.metadata import first_requests, rejected_preview, usd
 from batch_pipelines.pipeline.options import PipelineOptions
@@ -46,17 +46,15 @@ from batch_pipelines.requests import (
     IDS_NAME,
     MANIFEST_NAME,
     VALUES_NAME,
-    RequestEstimate,
     RequestManifest,
     RequestSpec,
     RequestValidationError,
     SendOnce,
     build_request_files,
     check_request_rows,
-    estimate_requests,
     frame_digest,
 )
-from batch_pipelines.results import Prices, ReuseStore, superseded_answers
+from batch_pipelines.results import ReuseStore, superseded_answers
 from batch_pipelines.storage import WorkingCopy
 from batch_pipelines.submission import (
     PartitionFolder,
@@ -165,6 +163,9 @@ class PipelineRuntime:
         with cancel_if_stopped(context, provider, enabled=enabled, pipeline=self.name, partition=partition, since=since) as watched:
             yield watched
 
+    def budget(self, resource: BatchProviderResource) -> SubmissionBudget:
+        return SubmissionBudget(self.name, self.spec, self.options, resource)
+
     def wait(self, context: dg.AssetExecutionContext, resource: BatchProviderResource, provider: BatchProvider, ids: Sequence[str]) -> list[Batch]:
         return wait_for_batches(context.log, provider, ids, max_workers=resource.max_concurrent_polls, delay=resource.poll_delay)
 
@@ -252,7 +253,7 @@ class PipelineRuntime:
             }
             if manifest.rejected:
                 metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
-            metadata.update(self.estimate_metadata(resource, manifest))
+            metadata.update(self.budget(resource).metadata(manifest))
             if cancelled:
                 metadata["superseded_batches"] = dg.MetadataValue.json(cancelled)
             if kept:
@@ -394,7 +395,7 @@ class PipelineRuntime:
                         f"no request files at {copy.url(manifest_path)}: materialize {self.name}_requests for this partition first"
                     )
                 manifest = RequestManifest.read(manifest_path)
-                cost = self.check_budget(context, resource, manifest)
+                cost = self.budget(resource).check(context, manifest)
                 submitted = self.submitter(context, resource, provider, partition).submit(manifest, asset=self.batch_key.to_user_string())
             watched.extend(s.batch.id for s in submitted)
             links = {s.batch.id: url for s in submitted if (url := provider.console_url(s.batch.id))}
@@ -440,72 +441,6 @@ class PipelineRuntime:
             new = sum(manifest.shards[s.record.shard].rows for s in submitted if not s.reattached)
             metadata[SUBMITTED_COST_KEY] = usd(cost * new / manifest.requests)
         return {**metadata, **console_metadata(links)}
-
-    # ---- cost before spending -------------------------------------------------------------------
-    def budgets(self, resource: BatchProviderResource) -> dict[str, float]:
-        """The budgets (USD) that apply, by scope ("partition", "run"): the lower of the pipeline's and the resource's."""
-        pairs = {
-            "partition": (self.options.max_cost_per_partition_usd, resource.max_cost_per_partition_usd),
-            "run": (self.options.max_cost_per_run_usd, resource.max_cost_per_run_usd),
-        }
-        return {scope: min(v for v in values if v is not None) for scope, values in pairs.items() if any(v is not None for v in values)}
-
-    def estimate(self, resource: BatchProviderResource, manifest: RequestManifest) -> tuple[RequestEstimate, Prices | None, float | None]:
-        """Tokens of ``manifest``'s requests, the prices used, and the cost bound (USD; None without a bound)."""
-        tokens = estimate_requests(manifest, self.spec)
-        prices = resource.prices(self.spec.model)
-        cost = None
-        if prices is not None and tokens.max_output_tokens is not None:
-            cost = prices.batch_cost(resource.profile, input_tokens=tokens.input_tokens, output_tokens=tokens.max_output_tokens)
-        return tokens, prices, cost
-
-    def estimate_metadata(self, resource: BatchProviderResource, manifest: RequestManifest) -> dict[str, Any]:
-        tokens, prices, cost = self.estimate(resource, manifest)
-        metadata: dict[str, Any] = {
-            "rows_to_send": tokens.requests,
-            "estimated_input_tokens": tokens.input_tokens,
-            "max_output_tokens": tokens.max_output_tokens if tokens.max_output_tokens is not None else "unbounded (no max_tokens)",
-            "price_source": prices.source if prices is not None else "none (set input and output prices)",
-        }
-        if cost is not None:
-            metadata["estimated_cost_usd"] = usd(cost)
-        for scope, budget in self.budgets(resource).items():
-            metadata["budget_usd" if scope == "partition" else "run_budget_usd"] = usd(budget)
-        return metadata
-
-    def check_budget(
-        self, context: Context, resource: BatchProviderResource, manifest: RequestManifest, *, spent: float = 0.0
-    ) -> float | None:
-        """Refuse, before anything is uploaded, a submission whose cost may take the partition or the run over budget.
-
-        ``spent`` is what the partition's round has cost so far (a retry's earlier attempts); what
-        the run submitted so far is read from its event log. Returns the estimated cost (None:
-        no prices, or no bound on the answers).
-        """
-        if not manifest.requests:
-            return 0.0  # nothing to send: nothing to refuse
-        tokens, prices, cost = self.estimate(resource, manifest)
-        for scope, budget in self.budgets(resource).items():
-            so_far = spent if scope == "partition" else run_submitted_cost(context.instance, context.run_id)
-            if prices is None:
-                why = f"no price is known for model {self.spec.model!r}: set the resource's input and output prices"
-            elif cost is None:
-                why = "the answers' length is not bounded: set max_tokens (or max_completion_tokens) in the request body"
-            elif cost + so_far > budget:
-                earlier = "on earlier attempts" if scope == "partition" else "by this run already"
-                after = f", after {so_far:.6g} USD submitted {earlier}" if so_far else ""
-                why = (
-                    f"the estimated cost is {cost:.6g} USD ({tokens.requests} requests, about {tokens.input_tokens} input "
-                    f"and at most {tokens.max_output_tokens} output tokens, {prices.source} prices){after}, over the budget"
-                )
-            else:
-                continue
-            raise dg.Failure(
-                description=f"{self.name}: not submitted, nothing uploaded: {why} of {budget:.6g} USD per {scope}",
-                metadata={"budget_usd": usd(budget), **({"estimated_cost_usd": usd(cost)} if cost is not None else {})},
-                allow_retries=False,
-            )
-        return cost
 
     # ---- <name>_cancel --------------------------------------------------------------------------
     def cancel(self, context: dg.OpExecutionContext, partitions: Sequence[str]) -> None:
