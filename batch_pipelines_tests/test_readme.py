@@ -9,13 +9,13 @@ import os
 import re
 import runpy
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
+from batch_pipelines_tests.support.local_http import free_port
 from batch_pipelines_tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +26,6 @@ def _readme_example() -> str:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Try the local service", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_until_serving(url: str, proc: subprocess.Popen) -> None:
@@ -49,7 +43,7 @@ def _wait_until_serving(url: str, proc: subprocess.Popen) -> None:
 def test_readme_example_runs_against_the_local_service(tmp_path: Path) -> None:
     example = _readme_example()
     assert f"127.0.0.1:{MAKE_SERVE_PORT}/v1" in example, "the README example should target `make serve`'s URL"
-    port = _free_port()
+    port = free_port()
     script = tmp_path / "example.py"
     script.write_text(example.replace(f":{MAKE_SERVE_PORT}/", f":{port}/"))
     makefile = (ROOT / "Makefile").read_text()

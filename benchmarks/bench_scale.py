@@ -35,12 +35,10 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -52,6 +50,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from batch_pipelines.submission.tags import PARTITION_TAG  # noqa: E402
+from batch_pipelines_tests.support.local_http import free_port, graphql  # noqa: E402
 from batch_pipelines_tests.support.postgres import PostgresServer, start_postgres  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -59,12 +58,6 @@ KEY = "sk-bench-scale"
 PIPELINE = "scale"
 FIRST_DAY = dt.date(2026, 1, 1)
 DEADLINE_S = 3600  # the benchmark gives up (and says so) rather than hang
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait(what: str, check: Any, *, timeout: float = 120, interval: float = 0.5) -> Any:
@@ -107,7 +100,7 @@ def start_servers(work: Path, *, storage: str) -> Servers:
         s3.start()
         host, port = s3.get_host_and_port()
         s3_url = f"http://{host}:{port}"
-    service_port = _free_port()
+    service_port = free_port()
     service = subprocess.Popen(
         [BIN / "batch-pipelines", "serve", "--port", str(service_port), "--data-dir", str(work / "service"), "--profile", "openai", "--speed", "instant"],
         env={**os.environ, "BATCH_PIPELINES_LOCAL_API_KEY": KEY},
@@ -170,7 +163,7 @@ class Deployment:
             "OPENAI_API_KEY": KEY,
             "BENCH_S3_ENDPOINT": self.s3_url if storage == "s3" else "",
         }
-        self.port = _free_port()
+        self.port = free_port()
         self.groups: list[int] = []
         self.webserver = self._start("webserver", [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", str(self.port), "-w", self.home / "workspace.yaml"])
         self.daemon = self._start("daemon", [BIN / "dagster-daemon", "run", "-w", self.home / "workspace.yaml"])
@@ -190,13 +183,7 @@ class Deployment:
         self.daemon_restarts += 1
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/graphql", body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            payload = json.load(response)
-        if payload.get("errors"):
-            raise SystemExit(f"GraphQL errors: {payload['errors']}")
-        return payload["data"]
+        return graphql(f"http://127.0.0.1:{self.port}", query, timeout=60, **variables)
 
     def wait_loaded(self) -> None:
         def loaded() -> bool:

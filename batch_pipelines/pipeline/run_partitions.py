@@ -23,8 +23,10 @@ import dagster as dg
 import pandas as pd
 
 # Not exported by dagster: the link from a check evaluation to the materialization it checked,
-# which AssetCheckResult makes only for a run of one partition.
+# which AssetCheckResult makes only for a run of one partition; and the run tags naming the ends
+# of the partition range a run covers, as Dagster's own backfills set them.
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 __all__ = [
     "ASSET_PARTITION_RANGE_END_TAG",
@@ -38,9 +40,6 @@ __all__ = [
 ]
 
 Context = dg.AssetExecutionContext
-#: The run tags naming the ends of the partition range a run covers (Dagster's own, as its backfills set them).
-ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
-ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 #: Metadata key of a check evaluation naming the partition it checked, in a run over several.
 CHECKED_PARTITION_KEY = "partition"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,17 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from batch_pipelines_tests.support.local_http import free_port
 from batch_pipelines_tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The bound the issue sets: every process gone within 15 s of the signal.
 STOP_SECONDS = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _stat(pid: str) -> list[str] | None:
@@ -67,7 +61,7 @@ def _survivors(pgid: int, home: Path) -> dict[int, str]:
 )
 def test_make_run_leaves_no_process_alive_after_a_signal(tmp_path, signum, to):
     assert (ROOT / ".venv" / "bin" / "dagster").exists(), "make run needs the checkout's .venv: run `make setup` first"
-    port, home = _free_port(), tmp_path / "home"
+    port, home = free_port(), tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCH_PIPELINES_", "DAGSTER_"))}
     # `-o .venv/.installed`: the suite runs after `make setup` (make test depends on it); the test
     # never reinstalls packages, even when pyproject.toml is newer than the install stamp.

@@ -14,6 +14,13 @@ from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
+
+# Dagster's own run tags (not exported): a run request's run key, a run of one partition, and the
+# ends of a run over a range of partitions.
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as RANGE_END_TAG
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as RANGE_START_TAG
+from dagster._core.storage.tags import PARTITION_NAME_TAG as PARTITION_TAG
+from dagster._core.storage.tags import RUN_KEY_TAG
 from pydantic import BaseModel
 
 from batch_pipelines import BatchPipeline, BatchProviderResource, RequestSpec, build_batch_pipeline
@@ -21,12 +28,6 @@ from batch_pipelines.pipeline.ledger import is_submission
 from batch_pipelines.pipeline.sensor_state import Group, SensorState
 from batch_pipelines_tests.support.waiting import wait_until
 
-#: The tag Dagster gives a run launched for a run request with a run key.
-RUN_KEY_TAG = "dagster/run_key"
-#: The tag of a run of one partition, and those of a run over a range of partitions.
-PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 #: The environment variable the tests' resource reads its API key from (dg.EnvVar).
 KEY_ENV = "BATCH_PIPELINES_TEST_KEY"
 DAYS = dg.DailyPartitionsDefinition(start_date="2024-01-01")

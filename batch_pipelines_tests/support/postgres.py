@@ -20,7 +20,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import psycopg2
 
+from batch_pipelines_tests.support.local_http import free_port
 from batch_pipelines_tests.support.waiting import wait_until
 
 __all__ = ["PostgresServer", "server_binaries", "start_postgres"]
@@ -49,12 +49,6 @@ def server_binaries() -> Path:
             "`make setup` installs Debian's postgresql package"
         )
     return found[-1].parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PostgresServer:
@@ -160,7 +154,7 @@ def start_postgres() -> PostgresServer:
     sockets.mkdir()
     if as_user:
         os.chown(sockets, as_user["user"], as_user["group"])
-    port = _free_port()
+    port = free_port()
     settings = [arg for setting in _FAST_SETTINGS for arg in ("-c", setting)]
     command = [binaries / "postgres", "-D", data, "-h", "127.0.0.1", "-p", str(port), "-k", sockets, *settings]
     with (root / "server.log").open("wb") as log:

@@ -14,12 +14,10 @@ when a step fails).
 Needs ``/usr/bin/chromium`` (``make browser`` installs it; the test never downloads a browser).
 """
 
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from batch_pipelines_tests.support.local_http import free_port, graphql
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / ".artifacts" / "ui"
@@ -62,13 +62,7 @@ class DagsterDev:
     process: subprocess.Popen[bytes]
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(f"{self.url}/graphql", body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            payload = json.load(response)
-        if payload.get("errors"):
-            raise AssertionError(f"GraphQL errors: {payload['errors']}")
-        return payload["data"]
+        return graphql(self.url, query, timeout=10, **variables)
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -90,12 +84,6 @@ def wait_for(what: str, check: Callable[[], _T | None], *, timeout: float, dev: 
         time.sleep(0.25)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def chromium() -> str:
     if not Path(CHROMIUM).exists():
@@ -107,7 +95,7 @@ def chromium() -> str:
 def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
     home = tmp_path_factory.mktemp("dagster_home")
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCH_PIPELINES_")}
     env.update(
         DAGSTER_HOME=str(home),
