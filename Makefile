@@ -59,13 +59,15 @@ browser:
 postgres:
 	@test -n "$(POSTGRES_INITDB)" || ($(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
 
+# Tests in one process per core (pytest-xdist): most of a test's time is one Python thread (a
+# Dagster run, the local service beside it), so two cores take two at a time.
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 # The inner loop (a few minutes): every layer's tests, without the end-to-end suites (reliability
 # scenarios, the browser, the demo and the README's examples), which `make test` runs too.
 test-fast: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=batch_pipelines_tests/reliability \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist worksteal --ignore=batch_pipelines_tests/reliability \
 		--ignore=batch_pipelines_tests/ui --ignore=batch_pipelines_tests/demo --ignore=batch_pipelines_tests/test_readme.py
 
 bench: setup

@@ -122,10 +122,10 @@ def start_servers(work: Path, *, storage: str) -> Servers:
 class Deployment:
     """dagster-daemon and dagster-webserver on one PostgreSQL database and one bucket."""
 
-    def __init__(self, servers: Servers, work: Path, *, rows: int, partitions: int, per_run: int, storage: str) -> None:
+    def __init__(self, servers: Servers, work: Path, *, rows: int, partitions: int, per_run: int, storage: str, first_day: dt.date) -> None:
         self.work = work
         self.earlier_batches = {b["id"] for b in _service_batches(servers)}  # the other backfill's
-        self.partitions = [str(FIRST_DAY + dt.timedelta(days=i)) for i in range(partitions)]
+        self.partitions = [str(first_day + dt.timedelta(days=i)) for i in range(partitions)]
         database = f"bench_{uuid.uuid4().hex[:8]}"
         servers.postgres.execute(f"CREATE DATABASE {database}")
         self.pg_url = servers.postgres.url(database)
@@ -150,13 +150,14 @@ class Deployment:
             f"load_from:\n  - python_file:\n      relative_path: {ROOT / 'benchmarks' / 'scale_location.py'}\n"
             f"      working_directory: {ROOT}\n      location_name: scale\n"
         )
-        end = FIRST_DAY + dt.timedelta(days=partitions)
+        end = first_day + dt.timedelta(days=partitions)
         self.env = {
             **os.environ,
             "DAGSTER_HOME": str(self.home),
             "BENCH_PG_URL": self.pg_url,
             "BENCH_ROWS": str(rows // partitions),
             "BENCH_PER_RUN": str(per_run),
+            "BENCH_START_DATE": str(first_day),
             "BENCH_END_DATE": str(end),
             "BENCH_BASE_URL": self.service_url,
             "BENCH_STORAGE": self.storage,
@@ -247,10 +248,12 @@ def _run_worker_peaks(peaks: dict[int, int]) -> None:
                 peaks[int(proc.name)] = max(peaks.get(int(proc.name), 0), int(line.split()[1]))
 
 
-def run_backfill(servers: Servers, work: Path, *, rows: int, partitions: int, per_run: int, kill_daemon: bool, storage: str) -> dict[str, Any]:
+def run_backfill(
+    servers: Servers, work: Path, *, rows: int, partitions: int, per_run: int, kill_daemon: bool, storage: str, first_day: dt.date = FIRST_DAY
+) -> dict[str, Any]:
     import dagster as dg
 
-    deployment = Deployment(servers, work, rows=rows, partitions=partitions, per_run=per_run, storage=storage)
+    deployment = Deployment(servers, work, rows=rows, partitions=partitions, per_run=per_run, storage=storage, first_day=first_day)
     peaks: dict[int, int] = {}
     try:
         deployment.wait_loaded()
@@ -312,6 +315,11 @@ def _figures(instance: Any, runs: list[Any], killed_at: float | None) -> dict[st
         "results_runs": sum(1 for r in runs if r.tags.get("dagster/sensor_name")),
         "ticks": len(ticks),
         "max_tick_s": max((t.end_timestamp - t.timestamp for t in ended), default=0.0),
+        # The three longest, with the runs each asked for: a long tick that launched runs, or one that polled.
+        "longest_ticks": [
+            [round(t.end_timestamp - t.timestamp, 2), len(t.run_ids)]
+            for t in sorted(ended, key=lambda t: t.end_timestamp - t.timestamp, reverse=True)[:3]
+        ],
         "resumed_tick_s": max(resumed, default=0.0),
         "cursor_kb": max((len(t.cursor or "") for t in ticks), default=0) / 1024,
     }
@@ -372,6 +380,8 @@ def main() -> None:
         baseline = big if args.no_baseline else run_backfill(
             servers, work / "baseline", rows=args.rows // args.partitions * args.baseline_partitions, partitions=args.baseline_partitions,
             per_run=1, kill_daemon=False, storage=args.storage,
+            # Days of their own: the same days' batches at the service would be re-attached, not sent.
+            first_day=FIRST_DAY + dt.timedelta(days=args.partitions),
         )
         print(f"baseline (one run per partition): {json.dumps(baseline)}", flush=True)
     finally:

@@ -25,7 +25,7 @@ ROWS = int(os.environ["BENCH_ROWS"])
 PER_RUN = int(os.environ["BENCH_PER_RUN"])
 STORAGE = os.environ["BENCH_STORAGE"]
 STORAGE_OPTIONS = {"endpoint_url": os.environ["BENCH_S3_ENDPOINT"]} if os.environ.get("BENCH_S3_ENDPOINT") else {}
-DAYS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_date=os.environ["BENCH_END_DATE"])
+DAYS = dg.DailyPartitionsDefinition(start_date=os.environ["BENCH_START_DATE"], end_date=os.environ["BENCH_END_DATE"])
 _WORDS = np.array("the a quick slow report order delivery late broken great refund price support app crash screen".split())
 
 

@@ -32,52 +32,68 @@ _SUFFIX = ".arrow"
 # The two halves of each fingerprint as integers (see fingerprint_keys): a lookup reads only these.
 _HIGH, _LOW = "fingerprint_high", "fingerprint_low"
 _DAY = 86_400
+#: A position is segment * _SEGMENT_ROWS + row: no segment holds 2**40 rows.
+_SEGMENT_ROWS = 1 << 40
+#: The first halves in ascending order and the row of each: what a lookup binary-searches.
+_SORTED_HIGH, _SORTED_ROW = "fingerprint_high_sorted", "fingerprint_high_row"
+#: The lookup's columns: not answers.
+_KEYS = frozenset({_HIGH, _LOW, _SORTED_HIGH, _SORTED_ROW})
 
 
 class KnownAnswers:
     """A snapshot of the store: which fingerprints have an answer, and the answers themselves.
 
     Fingerprints are looked up as integer pairs (:func:`~batch_pipelines.requests.fingerprint_keys`)
-    in a hash index of their first halves, each match confirmed on the second.
+    in each segment, newest first (the first found is the newest answer), each match confirmed on
+    the second half. A segment keeps its first halves sorted (with their rows) beside its answers,
+    so a lookup is a binary search in its memory-mapped columns (a segment written without them,
+    by an older version, is scanned). Nothing of the store is held between lookups: memory goes
+    with the fingerprints asked, not with the store, which grows with every partition answered
+    within the retention.
     """
 
     def __init__(self, segments: Sequence[Path]) -> None:
         self._segments = list(segments)  # newest first
-        highs, lows, numbers = [], [], []
-        for number, path in enumerate(self._segments):
-            table = _read(path, [_HIGH, _LOW])
-            if table is not None and table.num_rows:
-                highs.append(table.column(_HIGH).to_numpy())
-                lows.append(table.column(_LOW).to_numpy())
-                numbers.append(np.full(table.num_rows, number, dtype=np.int32))
-        high = np.concatenate(highs) if highs else np.zeros(0, dtype=np.uint64)
-        low = np.concatenate(lows) if lows else np.zeros(0, dtype=np.uint64)
-        segment = np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int32)
-        row = np.concatenate([np.arange(len(h)) for h in highs]) if highs else np.zeros(0, dtype=np.int64)
-        # Newest segment first: the first of each fingerprint is its newest answer. (Two
-        # fingerprints sharing a first half, two in 2**64, keep one: the other is sent again.)
-        index = pd.Index(high)
-        kept = np.ones(len(high), dtype=bool) if index.is_unique else ~index.duplicated(keep="first")
-        self._high = index if kept.all() else pd.Index(high[kept])
-        self._low = low[kept]
-        self._segment = segment[kept]
-        self._row = row[kept]
-
-    def __len__(self) -> int:
-        return len(self._high)
 
     def __call__(self, fingerprints: pa.Array) -> np.ndarray:
         """For each fingerprint, whether the store holds an answer to it (an ``AnswerLookup``)."""
         return self.positions(fingerprints) >= 0
 
     def positions(self, fingerprints: pa.Array) -> np.ndarray:
-        """Where each fingerprint's answer is among the known ones (-1: none)."""
-        if not len(self._high) or not len(fingerprints):
-            return np.full(len(fingerprints), -1, dtype=np.int64)
+        """Where each fingerprint's answer is (segment and row, for :meth:`answers`; -1: none)."""
+        at = np.full(len(fingerprints), -1, dtype=np.int64)
+        if not len(fingerprints) or not self._segments:
+            return at
         high, low = fingerprint_keys(fingerprints)
-        at = self._high.get_indexer(high)
-        found = at >= 0
-        at[found & (self._low[at] != low)] = -1
+        # Each first half asked once, in order (the binary searches go faster sorted): its newest
+        # answer's position and second half. (Two fingerprints sharing a first half, two in
+        # 2**64, keep one: the other is sent again.)
+        wanted, inverse = np.unique(high, return_inverse=True)
+        first = np.full(len(wanted), -1, dtype=np.int64)
+        first_low = np.zeros(len(wanted), dtype=np.uint64)
+        for number, path in enumerate(self._segments):
+            keys = _read(path)
+            if keys is None or not keys.num_rows:
+                continue
+            missing = np.flatnonzero(first < 0)
+            if _SORTED_HIGH in keys.column_names:
+                column = keys.column(_SORTED_HIGH).to_numpy()
+                at_sorted = np.searchsorted(column, wanted[missing])
+                hit = at_sorted < len(column)
+                hit[hit] = column[at_sorted[hit]] == wanted[missing[hit]]
+                targets, rows = missing[hit], keys.column(_SORTED_ROW).to_numpy()[at_sorted[hit]]
+            else:  # written before segments kept their sorted halves: scanned
+                at_row = pd.Index(wanted[missing]).get_indexer(keys.column(_HIGH).to_numpy())
+                rows = np.flatnonzero(at_row >= 0)
+                found, pick = np.unique(at_row[rows], return_index=True)
+                targets, rows = missing[found], rows[pick]
+            first[targets] = number * _SEGMENT_ROWS + rows
+            first_low[targets] = keys.column(_LOW).to_numpy()[rows]
+            del keys  # unmapped before the next segment is mapped
+            if len(targets) == len(missing):
+                break
+        at = first[inverse]
+        at[(at >= 0) & (first_low[inverse] != low)] = -1
         return at
 
     def answers(self, positions: np.ndarray, columns: Sequence[str] | None = None) -> tuple[pa.Table | None, np.ndarray]:
@@ -86,18 +102,19 @@ class KnownAnswers:
         ``columns``: only those (the ones a segment lacks are left out).
 
         The table's rows are those of the found positions, in their order. A segment deleted since
-        the snapshot (another worker's retention) loses its answers: those are not found.
+        the lookup (another worker's retention) loses its answers: those are not found.
         """
+        positions = np.asarray(positions, dtype=np.int64)
         found = np.zeros(len(positions), dtype=bool)
-        segment = self._segment[positions]
+        segment, row = np.divmod(positions, _SEGMENT_ROWS)
         pieces, where = [], []
         for number in np.unique(segment).tolist():
             mine = np.flatnonzero(segment == number)
             table = _read(self._segments[number])
             if table is not None:
-                if columns is not None:
-                    table = table.select([c for c in columns if c in table.column_names])
-                pieces.append(table.take(pa.array(self._row[positions[mine]])))
+                wanted = table.column_names if columns is None else columns
+                table = table.select([c for c in wanted if c in table.column_names and c not in _KEYS])
+                pieces.append(table.take(pa.array(row[mine])))
                 where.append(mine)
                 found[mine] = True
         if not pieces:
@@ -128,7 +145,10 @@ class ReuseStore:
             return None
         table = _storable(pa.Table.from_pandas(answers, preserve_index=False))
         high, low = fingerprint_keys(table.column(FINGERPRINT_COLUMN))
+        order = np.argsort(high, kind="stable")
         table = table.append_column(_HIGH, pa.array(high)).append_column(_LOW, pa.array(low))
+        # The first halves sorted, with each one's row: a lookup is a binary search (answers stay in row order).
+        table = table.append_column(_SORTED_HIGH, pa.array(high[order])).append_column(_SORTED_ROW, pa.array(order.astype(np.int64)))
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex}{_SUFFIX}"
         tmp = self.root / f".{name}.tmp"
