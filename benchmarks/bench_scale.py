@@ -324,6 +324,11 @@ def _figures(instance: Any, runs: list[Any], killed_at: float | None) -> dict[st
         "submit_runs": sum(1 for r in first if r.tags.get("dagster/backfill")),
         "results_runs": sum(1 for r in first if r.tags.get("dagster/sensor_name")),
         "retried_runs": len(runs) - len(first),
+        # Each results run's days (start..end), in the order they were created.
+        "results_ranges": [
+            f"{r.tags.get('dagster/asset_partition_range_start', r.tags.get('dagster/partition'))}..{r.tags.get('dagster/asset_partition_range_end', '')}"
+            for r in reversed(first) if r.tags.get("dagster/sensor_name")
+        ],
         "ticks": len(ticks),
         "max_tick_s": max((t.end_timestamp - t.timestamp for t in ended), default=0.0),
         # The three longest, with the runs each asked for: a long tick that launched runs, or one that polled.

@@ -88,16 +88,20 @@ def results_run_requests(
     for group in ready:
         if group.run_key is not None and group.partition is not None:
             again.setdefault(group.run_key, []).append(group)
-    ranges: list[list[Group]] = []
+    # A group keeps its run key only while it is of the round and attempt it was handed off with
+    # (a new round opens a new group): such groups are asked for again under that very key, even
+    # when some of that run's partitions are missing, because that run joined them already (it
+    # was launched before the tick was lost): the daemon sees the key and launches nothing.
+    runs: list[dg.RunRequest] = []
+    index: dict[str, int] = {}
     for key, groups in again.items():
         if len(groups) > 1:
-            index = {p: i for i, p in enumerate(order())}
+            index = index or {p: i for i, p in enumerate(order())}
             groups.sort(key=lambda g: index.get(str(g.partition), len(index)))
-            if _results_run_key(name, groups) == key:  # still that run's partitions and rounds
-                ranges.append(groups)
-    taken = {id(g) for groups in ranges for g in groups}
+        runs.append(_results_run(name, results_key, groups, run_key=key))
+    taken = {id(g) for groups in again.values() for g in groups}
     fresh = [g for g in ready if id(g) not in taken]
-    ranges += [[g] for g in fresh if g.partition is None]
+    ranges: list[list[Group]] = [[g] for g in fresh if g.partition is None]
     by_attempt: dict[int, dict[str, Group]] = {}
     for group in fresh:
         if group.partition is not None:
@@ -108,9 +112,8 @@ def results_run_requests(
             ranges += [[g] for g in groups_of.values()]
         else:
             ranges += [[groups_of[p] for p in keys] for keys in contiguous_ranges(order(), groups_of, most=most)]
-    runs = []
     for groups in ranges:
-        run = _results_run(name, results_key, groups)
+        run = _results_run(name, results_key, groups, run_key=_results_run_key(name, groups))
         for group in groups:
             group.run_key = run.run_key
         runs.append(run)
@@ -127,13 +130,13 @@ def _results_run_key(name: str, groups: Sequence[Group]) -> str:
     return f"{name}:{first.partition}...{last.partition}:attempt{first.attempt}:{digest}"
 
 
-def _results_run(name: str, results_key: dg.AssetKey, groups: Sequence[Group]) -> dg.RunRequest:
+def _results_run(name: str, results_key: dg.AssetKey, groups: Sequence[Group], *, run_key: str) -> dg.RunRequest:
     first, last, attempt = groups[0], groups[-1], groups[0].attempt
     tags = {PIPELINE_RUN_TAG: name, ATTEMPT_RUN_TAG: str(attempt)}
     if len(groups) == 1:
-        return dg.RunRequest(run_key=_results_run_key(name, groups), partition_key=first.partition, asset_selection=[results_key], tags=tags)
+        return dg.RunRequest(run_key=run_key, partition_key=first.partition, asset_selection=[results_key], tags=tags)
     return dg.RunRequest(
-        run_key=_results_run_key(name, groups),
+        run_key=run_key,
         asset_selection=[results_key],
         tags={**tags, ASSET_PARTITION_RANGE_START_TAG: str(first.partition), ASSET_PARTITION_RANGE_END_TAG: str(last.partition)},
     )

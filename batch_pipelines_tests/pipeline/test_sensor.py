@@ -9,7 +9,7 @@ from dagster._core.events import AssetObservationData, DagsterEvent, DagsterEven
 
 from batch_pipelines import make_provider
 from batch_pipelines.local_service import FaultPlan, HttpFault
-from batch_pipelines.pipeline.ledger import BATCHES_KEY, batches_metadata
+from batch_pipelines.pipeline.ledger import BATCHES_KEY, RESULTS_BATCH_IDS_KEY, SOURCE_DIGEST_KEY, batches_metadata
 from batch_pipelines.submission import SubmittedBatch
 from batch_pipelines_tests.support.driver import DAYS, Harness, range_tags
 from batch_pipelines_tests.support.instances import on_every_storage
@@ -167,3 +167,22 @@ def test_a_partition_waits_for_a_run_sibling_in_flight_only_up_to_results_gather
     # ... until results_gather_seconds have passed: then they go, together, without it.
     assert h.requested_partitions() == days[:2] and len(h.requested) == 1
     assert [g.partition for g in h.tracked()] == [days[2]]
+
+
+def test_a_lost_tick_made_again_after_its_run_joined_some_partitions_asks_for_no_other_run(harness, service, tmp_path):
+    h = harness(rows=1)
+    days = DAYS.get_partition_keys()[:3]
+    ids = create_batches(service, 3, tmp_path)
+    h.tick()
+    for day, batch_id in zip(days, ids):
+        record(h.instance, h.pipeline.batch_asset.key, day, [batch_id])
+    [asked] = h.evaluate().run_requests  # the daemon launches this run, then dies before the tick is stored
+    assert h.partitions_of(asked) == days
+    # The run has joined the first day when the next daemon makes the tick again.
+    for key, metadata in [(h.pipeline.requests_asset.key, {}), (h.pipeline.results_asset.key, {RESULTS_BATCH_IDS_KEY: dg.MetadataValue.json([ids[0]])})]:
+        h.instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=days[0], metadata={SOURCE_DIGEST_KEY: "d", **metadata}))
+
+    made_again = h.tick().run_requests
+
+    # The days left are asked under that run's key (launched already: nothing more), not in a run of their own.
+    assert [r.run_key for r in made_again] == [asked.run_key]
