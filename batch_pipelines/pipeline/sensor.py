@@ -90,6 +90,7 @@ def build_batch_sensor(
         for old in cursor.groups:  # a cursor written before the state moved out of it
             state.open(old)
         report_again = state.settle(cursor.tick)
+        read_at = time.time()  # a run that ended before this has all its rounds in what is read next
         _read_new_rounds(context.instance, cursor, state, batch_key, results_key)
         groups = list(state.groups.values())
 
@@ -131,7 +132,7 @@ def build_batch_sensor(
         for group in groups:
             if group.done and group.done_at is None:
                 group.done_at = now
-        waiting = waiting_to_gather(context.instance, groups, now=now, seconds=gather_seconds)
+        waiting = waiting_to_gather(context.instance, groups, now=now, seconds=gather_seconds, read_at=read_at)
         for group in groups:
             states = [b.state() for b in group.batches]
             mine = {b.id: links[b.id] for b in group.batches if b.id in links}
