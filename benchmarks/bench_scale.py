@@ -166,6 +166,8 @@ class Deployment:
             "OPENAI_API_KEY": KEY,
             "BENCH_S3_ENDPOINT": self.s3_url if storage == "s3" else "",
         }
+        # The schema first: a webserver and a daemon creating it at once on a new database race (one dies).
+        subprocess.run([BIN / "dagster", "instance", "migrate"], cwd=self.home, env=self.env, check=True, capture_output=True)
         self.port = free_port()
         self.groups: list[int] = []
         self.webserver = self._start("webserver", [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", str(self.port), "-w", self.home / "workspace.yaml"])
