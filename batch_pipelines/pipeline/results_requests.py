@@ -25,8 +25,6 @@ from batch_pipelines.submission import partition_tag
 
 __all__ = ["results_run_requests", "shares_runs", "waiting_to_gather"]
 
-#: How far the clocks of the sensor's machine and a run worker's may disagree.
-_CLOCK_SKEW_SECONDS = 5.0
 
 
 def shares_runs(partitions_def: dg.PartitionsDefinition | None, most: int) -> bool:
@@ -37,16 +35,14 @@ def shares_runs(partitions_def: dg.PartitionsDefinition | None, most: int) -> bo
     return partitions_def is not None and not isinstance(partitions_def, dg.MultiPartitionsDefinition) and most > 1
 
 
-def waiting_to_gather(
-    instance: dg.DagsterInstance, groups: Sequence[Group], *, now: float, seconds: float, read_at: float
-) -> set[str]:
+def waiting_to_gather(instance: dg.DagsterInstance, groups: Sequence[Group], *, now: float, seconds: float) -> set[str]:
     """The partitions done less than ``seconds`` ago that wait for the others their run sent.
 
     A done group waits while another group of the same run and attempt is in flight, or while
-    that run, over a range of partitions, may still record more: it is not finished, or it
-    finished after ``read_at``, when the tick began reading the rounds (its last ones may have
-    come after). A run that died unseen (its worker's machine gone) holds nobody longer than
-    ``seconds``.
+    that run, over a range of partitions, is not finished (it may record more). A run found
+    finished may have recorded its last rounds after the tick read them: the sensor reads again
+    and asks once more. A run that died unseen (its worker's machine gone) holds nobody longer
+    than ``seconds``.
     """
     if seconds <= 0:
         return set()
@@ -57,20 +53,15 @@ def waiting_to_gather(
     waiting: set[str] = set()
     for (run_id, _), siblings in by_run.items():
         fresh = [g for g in siblings if g.done and now - (g.done_at or now) < seconds]
-        if fresh and (any(not g.done for g in siblings) or _submitting(instance, run_id, read_at)):
+        if fresh and (any(not g.done for g in siblings) or _submitting(instance, run_id)):
             waiting.update(str(g.partition) for g in fresh)
     return waiting
 
 
-def _submitting(instance: dg.DagsterInstance, run_id: str, read_at: float) -> bool:
-    """Whether the run, over a range, may have recorded batches of partitions not read yet."""
-    record = instance.get_run_record_by_id(run_id)
-    if record is None or ASSET_PARTITION_RANGE_START_TAG not in record.dagster_run.tags:
-        return False
-    if not record.dagster_run.is_finished:
-        return True
-    # Ended before the reading began, give or take the clocks of two machines: all of it was read.
-    return record.end_time is not None and record.end_time > read_at - _CLOCK_SKEW_SECONDS
+def _submitting(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether the run may still record batches of more partitions: a run over a range, not finished."""
+    run = instance.get_run_by_id(run_id)
+    return run is not None and not run.is_finished and ASSET_PARTITION_RANGE_START_TAG in run.tags
 
 
 def results_run_requests(

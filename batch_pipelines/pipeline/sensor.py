@@ -90,7 +90,6 @@ def build_batch_sensor(
         for old in cursor.groups:  # a cursor written before the state moved out of it
             state.open(old)
         report_again = state.settle(cursor.tick)
-        read_at = time.time()  # a run that ended before this has all its rounds in what is read next
         _read_new_rounds(context.instance, cursor, state, batch_key, results_key)
         groups = list(state.groups.values())
 
@@ -132,7 +131,12 @@ def build_batch_sensor(
         for group in groups:
             if group.done and group.done_at is None:
                 group.done_at = now
-        waiting = waiting_to_gather(context.instance, groups, now=now, seconds=gather_seconds, read_at=read_at)
+        waiting = waiting_to_gather(context.instance, groups, now=now, seconds=gather_seconds)
+        if gather_seconds and _read_new_rounds(context.instance, cursor, state, batch_key, results_key):
+            # A run found finished above may have recorded more rounds since they were read: read
+            # now, after its end, they are all there; its partitions wait for those (in flight).
+            groups = list(state.groups.values())
+            waiting |= waiting_to_gather(context.instance, groups, now=now, seconds=gather_seconds)
         for group in groups:
             states = [b.state() for b in group.batches]
             mine = {b.id: links[b.id] for b in group.batches if b.id in links}
@@ -170,8 +174,8 @@ def build_batch_sensor(
 
 def _read_new_rounds(
     instance: dg.DagsterInstance, cursor: Cursor, state: SensorState, batch_key: dg.AssetKey, results_key: dg.AssetKey
-) -> None:
-    """Track the batches recorded since the cursor's storage ids (one page of each stream per tick).
+) -> int:
+    """Track the batches recorded since the cursor's storage ids (one page of each stream); how many records were read.
 
     A record read again (after a lost tick or a reset) leaves the partition's group as it is when
     that group is as new or newer.
@@ -201,6 +205,7 @@ def _read_new_rounds(
         attempt = max((b.attempt for b in batches), default=1)
         # A retry (or resubmission) of the round: unless a newer round of the partition started since.
         state.open(_group(record.partition_key, round_id, attempt, batches, now, record.run_id))
+    return len(observed) + len(controls)
 
 
 def _group(partition: str | None, round_id: int, attempt: int, batches: Sequence[SubmittedBatch], now: float, run_id: str) -> Group:

@@ -146,8 +146,7 @@ def test_partitions_done_while_their_run_still_submits_wait_for_it_and_share_one
     record_in_run(h.instance, run_id, h.pipeline.batch_asset.key, days[3], [ids[3]])
     h.instance.report_run_failed(h.instance.get_run_by_id(run_id))  # it ends (here: failing after its last submit)
 
-    # (Within seconds of its end a tick cannot tell whether it read the run's last rounds: it waits one more.)
-    [request] = wait_until(lambda: h.tick().run_requests, interval=0.2)
+    [request] = h.tick().run_requests
 
     assert h.partitions_of(request) == days  # the four days in one run
     assert not h.tracked()
