@@ -132,9 +132,11 @@ def build_batch_sensor(
             if group.done and group.done_at is None:
                 group.done_at = now
         waiting = waiting_to_gather(context.instance, groups, now=now, seconds=gather_seconds)
-        if gather_seconds and _read_new_rounds(context.instance, cursor, state, batch_key, results_key):
-            # A run found finished above may have recorded more rounds since they were read: read
-            # now, after its end, they are all there; its partitions wait for those (in flight).
+        released = any(g.done and not g.handed_off and g.partition not in waiting for g in groups)
+        if gather_seconds and released and _read_new_rounds(context.instance, cursor, state, batch_key, results_key):
+            # A run found finished above (its partitions released) may have recorded more rounds
+            # since they were read: read now, after its end, they are all there; its partitions
+            # wait for those (in flight).
             groups = list(state.groups.values())
             waiting |= waiting_to_gather(context.instance, groups, now=now, seconds=gather_seconds)
         for group in groups:
