@@ -40,6 +40,7 @@ __all__ = [
     "first_built",
     "is_submission",
     "load_round",
+    "joined_batches",
     "results_cover",
     "round_finished",
     "metadata_int",
@@ -191,10 +192,26 @@ def load_round(
 
 def round_finished(instance: dg.DagsterInstance, batch_key: dg.AssetKey, partition: str | None, round_id: int) -> bool:
     """Whether ``<name>_batch`` was materialized for the round already (its batches ended)."""
+    latest = _latest_metadata(instance, batch_key, partition)
+    return latest is not None and metadata_int(latest.get(ROUND_KEY)) == round_id
+
+
+def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None) -> Mapping[str, Any] | None:
+    """The metadata of the partition's latest materialization of ``key``, None if never materialized."""
     latest = instance.fetch_materializations(
-        dg.AssetRecordsFilter(batch_key, asset_partitions=[partition] if partition is not None else None), limit=1
+        dg.AssetRecordsFilter(key, asset_partitions=[partition] if partition is not None else None), limit=1
     ).records
-    return bool(latest) and metadata_int(latest[0].asset_materialization.metadata.get(ROUND_KEY)) == round_id  # type: ignore[union-attr]
+    return latest[0].asset_materialization.metadata if latest else None  # type: ignore[union-attr]
+
+
+def joined_batches(instance: dg.DagsterInstance, results_key: dg.AssetKey, partition: str | None) -> set[str]:
+    """The batches the partition's latest results were joined from (their answers recorded then)."""
+    joined = _latest_metadata(instance, results_key, partition)
+    return _joined_from(joined) if joined is not None else set()
+
+
+def _joined_from(results: Mapping[str, Any]) -> set[str]:
+    return set(getattr(results.get(RESULTS_BATCH_IDS_KEY), "value", None) or ())
 
 
 def results_cover(
@@ -206,17 +223,14 @@ def results_cover(
 ) -> bool:
     """Whether the partition's latest results are already what joining ``batch_ids`` would give:
     joined from all of them, and from the source the latest request files were built from."""
-    partitions = [partition] if partition is not None else None
-    results = instance.fetch_materializations(dg.AssetRecordsFilter(results_key, asset_partitions=partitions), limit=1).records
-    requests = instance.fetch_materializations(dg.AssetRecordsFilter(requests_key, asset_partitions=partitions), limit=1).records
-    if not results or not requests:
+    joined = _latest_metadata(instance, results_key, partition)
+    built = _latest_metadata(instance, requests_key, partition) if joined is not None else None
+    if joined is None or built is None:
         return False
-    joined = results[0].asset_materialization.metadata  # type: ignore[union-attr]
-    built = requests[0].asset_materialization.metadata  # type: ignore[union-attr]
     digest = metadata_text(joined.get(SOURCE_DIGEST_KEY))
     if not digest or digest != metadata_text(built.get(SOURCE_DIGEST_KEY)):  # "" when it could not be told
         return False
-    return set(batch_ids) <= set(getattr(joined.get(RESULTS_BATCH_IDS_KEY), "value", None) or ())
+    return set(batch_ids) <= _joined_from(joined)
 
 
 def first_built(instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey], partition: str | None) -> float | None:

@@ -4,8 +4,9 @@ One :class:`PipelineRuntime` per pipeline holds its name, request spec, options 
 It turns a Dagster context into the Dagster-free parts below it: request files
 (:mod:`batch_pipelines.requests`), the partition's folder and the submit-once engine
 (:mod:`batch_pipelines.submission`), and records what happened in the ledger. The results step is
-:mod:`batch_pipelines.pipeline.collect`; what a submission may cost, :mod:`.budget`. A run may cover several partitions (a backfill's
-``multi_run`` policy): each is built and submitted on its own (:mod:`batch_pipelines.pipeline.run_partitions`).
+:mod:`batch_pipelines.pipeline.collect`; what a submission may cost, :mod:`.budget`; the batches a
+rebuild supersedes, :mod:`.superseded`. A run may cover several partitions (a backfill's
+``multi_run`` policy): each is built and submitted on its own (:mod:`.run_partitions`).
 
 Every step works on a :class:`~batch_pipelines.storage.WorkingCopy` of the resource's storage
 (the storage itself on a local disk): it pulls the files it reads, and pushes what it wrote
@@ -21,14 +22,13 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from batch_pipelines.pipeline.blocking import cancel_if_stopped, wait_ended, wait_for_batches
+from batch_pipelines.pipeline.blocking import cancel_if_stopped, wait_for_batches
 from batch_pipelines.pipeline.budget import SubmissionBudget
 from batch_pipelines.pipeline.ledger import (
     BATCHES_KEY,
     REUSE_RUN_TAG,
     SOURCE_DIGEST_KEY,
     SUBMITTED_COST_KEY,
-    Round,
     batches_metadata,
     control_metadata,
     first_built,
@@ -40,6 +40,7 @@ from batch_pipelines.pipeline.partition_lock import PartitionLock
 from batch_pipelines.pipeline.progress import BatchState, console_metadata, finished_metadata
 from batch_pipelines.pipeline.resource import BatchProviderResource
 from batch_pipelines.pipeline.run_partitions import load_source, run_partitions
+from batch_pipelines.pipeline.superseded import cancel_superseded_round, sent_id_maps
 from batch_pipelines.providers import Batch, BatchProvider
 from batch_pipelines.requests import (
     FINGERPRINT_COLUMN,
@@ -54,18 +55,15 @@ from batch_pipelines.requests import (
     check_request_rows,
     frame_digest,
 )
-from batch_pipelines.results import ReuseStore, superseded_answers
+from batch_pipelines.results import ReuseStore
 from batch_pipelines.storage import WorkingCopy
 from batch_pipelines.submission import (
     PartitionFolder,
     Submission,
-    SubmittedBatch,
     Submitter,
-    cancel_superseded,
     partition_of_tag,
     partition_tag,
     reuse_dir,
-    superseded_batches,
 )
 
 __all__ = ["PipelineRuntime"]
@@ -222,21 +220,14 @@ class PipelineRuntime:
             send_once = self.send_once(context, copy)
             current = load_round(context.instance, self.batch_key, self.results_key, partition) if self.options.cancel_superseded else None
             # The id maps the round's batches were sent with: the rebuild overwrites the first attempt's.
-            sent_with = self.sent_id_maps(copy, folder, current) if current is not None and send_once is not None else {}
+            sent_with = sent_id_maps(self, copy, folder, current) if current is not None and send_once is not None else {}
             manifest = self.write_requests(context, source, resource, copy, folder, partition, send_once)
             fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
-            cancelled: list[str] = []
-            kept: set[str] = set()
-            superseded = superseded_batches(current.batches, set(fingerprints)) if current is not None else []
-            if superseded:
-                with resource.get_provider() as provider:
-                    cancelled = cancel_superseded(provider, superseded, context.log)
-                    if sent_with:
-                        kept = self.keep_superseded_answers(context, provider, copy, folder, superseded, cancelled, sent_with)
-                if kept & set(manifest.read_ids()[FINGERPRINT_COLUMN].dropna()):
-                    # What the cancelled batches finished is in the reuse store now: those rows are not sent again.
-                    manifest = self.write_requests(context, source, resource, copy, folder, partition, self.send_once(context, copy))
-                    fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
+            cancelled, kept = cancel_superseded_round(self, context, copy, folder, current, fingerprints, sent_with) if current is not None else ([], set())
+            if kept and kept & set(manifest.read_ids()[FINGERPRINT_COLUMN].dropna()):
+                # What the cancelled batches finished is in the reuse store now: those rows are not sent again.
+                manifest = self.write_requests(context, source, resource, copy, folder, partition, self.send_once(context, copy))
+                fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
             metadata: dict[str, Any] = {
                 "rows": manifest.rows,
                 "requests": manifest.requests,
@@ -294,58 +285,6 @@ class PipelineRuntime:
                 metadata={"problems": dg.MetadataValue.json(exc.counts), "rows": exc.total_rows},
                 allow_retries=False,
             ) from None
-
-    def sent_id_maps(self, copy: WorkingCopy, folder: PartitionFolder, current: Round) -> dict[int, RequestManifest]:
-        """Each attempt's manifest of the round, its id map read (kept in memory past a rebuild)."""
-        manifests = {}
-        for attempt in sorted({b.attempt for b in current.batches}):
-            try:
-                manifest = self.manifest(copy, folder, attempt)
-                manifest.read_ids()
-            except (OSError, ValueError):
-                continue  # files gone (cleaned up): their answers cannot be keyed
-            manifests[attempt] = manifest
-        return manifests
-
-    def keep_superseded_answers(
-        self,
-        context: dg.AssetExecutionContext,
-        provider: BatchProvider,
-        copy: WorkingCopy,
-        folder: PartitionFolder,
-        superseded: Sequence[SubmittedBatch],
-        cancelled: Sequence[str],
-        sent_with: dict[int, RequestManifest],
-    ) -> set[str]:
-        """Put what the just-cancelled batches finished into the reuse store; the fingerprints they answered.
-
-        Waits (``superseded_wait_seconds`` at most) for the cancels to land: a batch still
-        cancelling then keeps its answers, and its rows go again.
-        """
-        resource = self.resource(context)
-        store = self.reuse_store(copy)
-        just_cancelled = set(cancelled)
-        wanted = [b for b in superseded if b.batch_id in just_cancelled and b.attempt in sent_with]
-        if store is None or not wanted or not self.options.superseded_wait_seconds:
-            return set()
-        ended = wait_ended(
-            context.log, provider, [b.batch_id for b in wanted], max_workers=resource.max_concurrent_polls,
-            delay=resource.poll_delay, seconds=self.options.superseded_wait_seconds,
-        )  # fmt: skip
-        kept: set[str] = set()
-        for record in wanted:
-            batch = ended.get(record.batch_id)
-            if batch is None:
-                context.log.warning(f"superseded batch {record.batch_id} did not end in {self.options.superseded_wait_seconds:.0f}s: its rows go again")
-                continue
-            files = provider.download_results(batch, folder.downloads)
-            answers = superseded_answers(sent_with[record.attempt], record.shard, files, output_model=self.spec.output_model)
-            self.record_answers(copy, store, answers)
-            kept.update(answers[FINGERPRINT_COLUMN])
-        copy.push(folder.downloads)
-        if kept:
-            context.log.info(f"kept {len(kept)} answers the superseded batches {list(cancelled)} had finished: those requests are not sent again")
-        return kept
 
     # ---- <name>_batch ---------------------------------------------------------------------------
     def submit_batches(self, context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:

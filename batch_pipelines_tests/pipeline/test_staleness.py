@@ -138,3 +138,30 @@ def test_what_a_superseded_batch_finished_is_kept_and_only_the_rest_is_sent_agai
     assert set(frame.loc[frame["reused"], "custom_id"]) == kept
     assert set(frame.loc[frame["reused"], "batch_id"]) == {old["id"]}  # the batch that bought them
     _answers_belong_to_the_text(frame, service)
+
+
+def test_what_a_superseded_batch_that_had_ended_answered_is_kept(harness, service):
+    """A batch that ended before its results were joined, its rows then corrected: its answers for
+    the rows that did not change were paid for, and are not bought again."""
+    state = {"changed": False}
+    h = harness(rows=ROWS, edit=_corrections(state))
+    h.submit([DAY])
+    [old] = service_batches(service)
+    wait_until(lambda: service.engine.get_batch(old["id"])["status"] == "completed")
+    state["changed"] = True
+
+    h.materialize([h.texts, h.pipeline.requests_asset], DAY)  # no results were joined from the old batch
+
+    meta = h.latest_metadata(h.pipeline.requests_asset, DAY)
+    assert "superseded_batches" not in meta  # nothing left to cancel
+    assert meta["answers_kept_from_superseded"] == ROWS and meta["rows_reused"] == ROWS - len(CHANGED)
+    h.materialize([h.pipeline.batch_asset], DAY)
+    h.drive([DAY])
+
+    [new] = [b for b in service_batches(service) if b["id"] != old["id"]]
+    sent = {line["custom_id"] for line in read_jsonl(service.engine.file_content_path(new["input_file_id"]))}
+    assert sent == {f"{DAY}-{i:03d}" for i in CHANGED}
+    frame = h.results(DAY)
+    assert set(frame["outcome"]) == {"succeeded"} and len(frame) == ROWS
+    assert set(frame.loc[frame["reused"], "batch_id"]) == {old["id"]}
+    _answers_belong_to_the_text(frame, service)
