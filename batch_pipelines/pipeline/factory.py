@@ -39,6 +39,7 @@ import dagster as dg
 from batch_pipelines.pipeline.checks import results_check_specs
 from batch_pipelines.pipeline.collect import collect_results
 from batch_pipelines.pipeline.options import PipelineOptions
+from batch_pipelines.pipeline.request_files import build_requests
 from batch_pipelines.pipeline.runtime import PipelineRuntime
 from batch_pipelines.pipeline.sensor import build_batch_sensor
 from batch_pipelines.requests import RequestSpec
@@ -134,7 +135,7 @@ def build_batch_pipeline(
         **common,
     )
     def requests_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        return rt.build_requests(context)
+        return build_requests(rt, context)
 
     @dg.asset(
         key=rt.batch_key,

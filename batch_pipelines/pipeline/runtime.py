@@ -1,12 +1,13 @@
-"""What a pipeline's assets do at run time; the asset functions of the factory only delegate here.
+"""What a pipeline's steps share at run time, and its ``<name>_batch`` step; the factory's asset
+functions only delegate.
 
 One :class:`PipelineRuntime` per pipeline holds its name, request spec, options and asset keys.
-It turns a Dagster context into the Dagster-free parts below it: request files
-(:mod:`batch_pipelines.requests`), the partition's folder and the submit-once engine
-(:mod:`batch_pipelines.submission`), and records what happened in the ledger. The results step is
-:mod:`batch_pipelines.pipeline.collect`; what a submission may cost, :mod:`.budget`; the batches a
-rebuild supersedes, :mod:`.superseded`. A run may cover several partitions (a backfill's
-``multi_run`` policy): each is built and submitted on its own (:mod:`.run_partitions`).
+It turns a Dagster context into the Dagster-free parts below it: the partition's folder, its
+lock, the reuse store and the submit-once engine (:mod:`batch_pipelines.submission`), and records
+what happened in the ledger. The steps: ``<name>_requests`` is :mod:`.request_files`,
+``<name>_batch`` is here, ``<name>_results`` is :mod:`.collect`; what a submission may cost,
+:mod:`.budget`. A run may cover several partitions (a backfill's ``multi_run`` policy): each is
+built and submitted on its own (:mod:`.run_partitions`).
 
 Every step works on a :class:`~batch_pipelines.storage.WorkingCopy` of the resource's storage
 (the storage itself on a local disk): it pulls the files it reads, and pushes what it wrote
@@ -27,33 +28,25 @@ from batch_pipelines.pipeline.budget import SubmissionBudget
 from batch_pipelines.pipeline.ledger import (
     BATCHES_KEY,
     REUSE_RUN_TAG,
-    SOURCE_DIGEST_KEY,
     SUBMITTED_COST_KEY,
     batches_metadata,
     control_metadata,
     first_built,
     load_round,
 )
-from batch_pipelines.pipeline.metadata import first_requests, rejected_preview, usd
+from batch_pipelines.pipeline.metadata import usd
 from batch_pipelines.pipeline.options import PipelineOptions
 from batch_pipelines.pipeline.partition_lock import PartitionLock
 from batch_pipelines.pipeline.progress import BatchState, console_metadata, finished_metadata
 from batch_pipelines.pipeline.resource import BatchProviderResource
-from batch_pipelines.pipeline.run_partitions import load_source, run_partitions
-from batch_pipelines.pipeline.superseded import cancel_superseded_round, sent_id_maps
+from batch_pipelines.pipeline.run_partitions import run_partitions
 from batch_pipelines.providers import Batch, BatchProvider
 from batch_pipelines.requests import (
-    FINGERPRINT_COLUMN,
     IDS_NAME,
     MANIFEST_NAME,
-    VALUES_NAME,
     RequestManifest,
     RequestSpec,
-    RequestValidationError,
     SendOnce,
-    build_request_files,
-    check_request_rows,
-    frame_digest,
 )
 from batch_pipelines.results import ReuseStore
 from batch_pipelines.storage import WorkingCopy
@@ -166,125 +159,6 @@ class PipelineRuntime:
 
     def wait(self, context: dg.AssetExecutionContext, resource: BatchProviderResource, provider: BatchProvider, ids: Sequence[str]) -> list[Batch]:
         return wait_for_batches(context.log, provider, ids, max_workers=resource.max_concurrent_polls, delay=resource.poll_delay)
-
-    # ---- <name>_requests ------------------------------------------------------------------------
-    def build_requests(self, context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        """Each partition of the run's request files, with its own metadata.
-
-        A run over several partitions first checks every partition's rows: one with rows that
-        cannot become requests fails the run, naming each such partition, before any partition's
-        files are rewritten (or its superseded batches cancelled), so no partition of the run is
-        submitted with part of the others.
-        """
-        partitions = run_partitions(context)
-        if len(partitions) > 1:
-            self.check_partitions(context, partitions)
-        for partition in partitions:
-            metadata = self.build_partition_requests(context, partition, load_source(context, self.source_key, partition))
-            context.add_asset_metadata(metadata, **({"partition_key": partition} if partition is not None else {}))
-        return dg.MaterializeResult()
-
-    def check_partitions(self, context: dg.AssetExecutionContext, partitions: Sequence[str | None]) -> None:
-        """Refuse the run if any partition's rows cannot become requests (checked, nothing written)."""
-        resource = self.resource(context)
-        refused: dict[str, RequestValidationError] = {}
-        for partition in partitions:
-            source = load_source(context, self.source_key, partition)
-            try:
-                check_request_rows(
-                    source, self.spec, profile=resource.profile, policy=self.options.policy,
-                    max_requests_per_shard=self.options.max_requests_per_shard,
-                )  # fmt: skip
-            except RequestValidationError as exc:
-                refused[str(partition)] = exc
-        if refused:
-            details = "\n".join(f"partition {p}: {exc}" for p, exc in refused.items())
-            raise dg.Failure(
-                description=(
-                    f"{len(refused)} of {len(partitions)} partitions of this run have rows that cannot become requests; "
-                    f"no request file was written and nothing submitted for any partition of the run "
-                    f"(fix the rows, or policy='quarantine' to send the valid ones):\n{details}"
-                ),
-                metadata={
-                    "refused_partitions": dg.MetadataValue.json(sorted(refused)),
-                    "problems": dg.MetadataValue.json({p: exc.counts for p, exc in refused.items()}),
-                },
-                allow_retries=False,
-            )
-
-    def build_partition_requests(self, context: dg.AssetExecutionContext, partition: str | None, source: pd.DataFrame) -> dict[str, Any]:
-        """One partition's request files; the metadata of its materialization."""
-        resource = self.resource(context)
-        with self.files(context, resource) as copy:
-            folder = self.folder(copy, partition)
-            send_once = self.send_once(context, copy)
-            current = load_round(context.instance, self.batch_key, self.results_key, partition) if self.options.cancel_superseded else None
-            # The id maps the round's batches were sent with: the rebuild overwrites the first attempt's.
-            sent_with = sent_id_maps(self, copy, folder, current) if current is not None and send_once is not None else {}
-            manifest = self.write_requests(context, source, resource, copy, folder, partition, send_once)
-            fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
-            cancelled, kept = cancel_superseded_round(self, context, copy, folder, current, fingerprints, sent_with) if current is not None else ([], set())
-            if kept and kept & set(manifest.read_ids()[FINGERPRINT_COLUMN].dropna()):
-                # What the cancelled batches finished is in the reuse store now: those rows are not sent again.
-                manifest = self.write_requests(context, source, resource, copy, folder, partition, self.send_once(context, copy))
-                fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
-            metadata: dict[str, Any] = {
-                "rows": manifest.rows,
-                "requests": manifest.requests,
-                "rejected_rows": len(manifest.rejected),
-                "rows_reused": manifest.held_back,
-                "reuse": "on" if send_once is not None else ("off for this run" if self.options.reuse else "off"),
-                "shards": len(manifest.shards),
-                "bytes": sum(s.bytes for s in manifest.shards),
-                "fingerprints": dg.MetadataValue.json(fingerprints),
-                "manifest": dg.MetadataValue.path(copy.url(folder.attempt(1) / MANIFEST_NAME)),
-                "preview": dg.MetadataValue.json(first_requests(manifest, 3)),
-                "dagster/row_count": manifest.requests,
-                SOURCE_DIGEST_KEY: frame_digest(source) or "",
-            }
-            if manifest.rejected:
-                metadata["rejected"] = dg.MetadataValue.md(rejected_preview(manifest.rejected))
-            metadata.update(self.budget(resource).metadata(manifest))
-            if cancelled:
-                metadata["superseded_batches"] = dg.MetadataValue.json(cancelled)
-            if kept:
-                metadata["answers_kept_from_superseded"] = len(kept)
-            return metadata
-
-    def write_requests(
-        self,
-        context: Context,
-        source: pd.DataFrame,
-        resource: BatchProviderResource,
-        copy: WorkingCopy,
-        folder: PartitionFolder,
-        partition: str | None,
-        send_once: SendOnce | None,
-    ) -> RequestManifest:
-        """The first attempt's request files, written and stored under the partition's lock (a submit never
-        sees them half rewritten). What the previous build kept is pulled first (its unchanged rows' fingerprints)."""
-        out_dir = folder.attempt(1)
-        try:
-            with self.lock(context, partition):
-                copy.pull(out_dir, names={MANIFEST_NAME, IDS_NAME, VALUES_NAME})
-                manifest = build_request_files(
-                    source,
-                    self.spec,
-                    out_dir,
-                    profile=resource.profile,
-                    policy=self.options.policy,
-                    attempt=1,
-                    max_requests_per_shard=self.options.max_requests_per_shard,
-                    send_once=send_once,
-                )
-                copy.push(out_dir, exact=True)
-                return manifest
-        except RequestValidationError as exc:
-            raise dg.Failure(
-                description=str(exc),
-                metadata={"problems": dg.MetadataValue.json(exc.counts), "rows": exc.total_rows},
-                allow_retries=False,
-            ) from None
 
     # ---- <name>_batch ---------------------------------------------------------------------------
     def submit_batches(self, context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
