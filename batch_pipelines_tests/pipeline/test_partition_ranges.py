@@ -1,6 +1,9 @@
 """Runs over several partitions: a backfill run submits many, the sensor joins many in one request;
 each partition keeps its own batches, metadata and checks."""
 
+import os
+import time
+
 import dagster as dg
 import pandas as pd
 
@@ -115,3 +118,31 @@ def test_finished_partitions_are_cut_into_ranges_of_neighbours():
     ranges = contiguous_ranges(days, reversed(done), most=3)
 
     assert ranges == [days[0:3], days[3:6], [days[6]], [days[8]], days[10:12], ["gone"]]
+
+
+def test_a_run_over_several_partitions_cleans_up_old_files_at_its_end(harness, service, tmp_path):
+    h = harness(rows=3)
+    three = FIVE[:3]
+    for day in three:
+        h.run([h.texts], day)
+    h.run([h.pipeline.requests_asset, h.pipeline.batch_asset], None, tags=range_tags(three))
+    for batch in service_batches(service):
+        wait_for_batch(service.engine, batch["id"])
+    # A partition done with long ago: its files older than storage_retention_days (30).
+    old = tmp_path / "storage" / h.pipeline.name / "2023-01-01"
+    for name in ("attempt-1/manifest.json", "attempt-2/manifest.json", "attempt-3/manifest.json", "downloads/batch_old.output.jsonl"):
+        (old / name).parent.mkdir(parents=True, exist_ok=True)
+        (old / name).write_text("{}")
+    month_ago = time.time() - 31 * 86400
+    for path in old.rglob("*"):
+        os.utime(path, (month_ago, month_ago))
+
+    joined = h.materialize([h.pipeline.results_asset], None, tags=range_tags(three))
+
+    assert joined.success and h.materialized_results() == set(three)
+    # The old partition's middle attempt and downloads went; its first and newest attempts stay.
+    kept = sorted(p.relative_to(old).as_posix() for p in old.rglob("*") if p.is_file())
+    assert kept == ["attempt-1/manifest.json", "attempt-3/manifest.json"]
+    for day in three:  # the run's own partitions are recent: left whole
+        assert (tmp_path / "storage" / h.pipeline.name / day / "attempt-1" / "manifest.json").exists()
+        assert list((tmp_path / "storage" / h.pipeline.name / day / "downloads").iterdir())
