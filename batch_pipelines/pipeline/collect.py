@@ -140,7 +140,7 @@ def _collect(
         raise dg.Failure(description=f"the source no longer makes valid requests: {exc}", allow_retries=False) from None
     store = rt.reuse_store(copy)
     # The store's answers, read once per results run and only if a row was held back.
-    known = functools.cache(store.known) if store is not None else (lambda: None)
+    known = functools.cache(lambda: rt.known_answers(copy, store)) if store is not None else (lambda: None)
     blocking = rt.options.blocking
     with resource.get_provider() as provider, rt.watching(context, provider, partition) as watched:
         while True:

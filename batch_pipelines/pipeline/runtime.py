@@ -18,6 +18,7 @@ before it lets go of the partition's lock (:mod:`.partition_lock`, held in the i
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -48,7 +49,7 @@ from batch_pipelines.requests import (
     RequestSpec,
     SendOnce,
 )
-from batch_pipelines.results import ReuseStore
+from batch_pipelines.results import KnownAnswers, ReuseStore
 from batch_pipelines.storage import WorkingCopy
 from batch_pipelines.submission import (
     PartitionFolder,
@@ -103,25 +104,42 @@ class PipelineRuntime:
         return RequestManifest.read(folder.attempt(attempt) / MANIFEST_NAME)
 
     def reuse_store(self, copy: WorkingCopy) -> ReuseStore | None:
-        """The pipeline's store of answers bought, pulled (None when the pipeline does not reuse answers).
+        """The pipeline's store of answers bought (None when the pipeline does not reuse answers).
 
-        Push ``copy``'s reuse folder after recording into it.
+        Nothing of it is pulled: a lookup (:meth:`known_answers`) pulls what it reads, and a
+        step that only records answers reads none.
         """
         if not self.options.reuse:
             return None
-        return ReuseStore(copy.pull(reuse_dir(copy.local(), self.name)), retention_days=self.options.reuse_retention_days)
+        return ReuseStore(reuse_dir(copy.local(), self.name), retention_days=self.options.reuse_retention_days)
+
+    def known_answers(self, copy: WorkingCopy, store: ReuseStore) -> KnownAnswers:
+        """What the store holds: on object storage each segment's keys pulled, its answers when asked for."""
+        if copy.copies:
+            listed = [f.path.rsplit("/", 1)[-1] for f in copy.storage.files(copy.stored(store.root))]
+            copy.pull(store.root, names=store.lookup_files(listed))
+
+        def fetch(path: Path) -> Path:
+            copy.pull(path.parent, names={path.name})
+            return path
+
+        return store.known(fetch=fetch)
 
     def record_answers(self, copy: WorkingCopy, store: ReuseStore, answers: pd.DataFrame) -> None:
-        """Add ``answers`` to the reuse store, and store the segment (and the expired ones' deletion)."""
+        """Add ``answers`` to the reuse store as a segment, stored; the expired segments deleted."""
         store.record(answers)
         copy.push(store.root)
+        if copy.copies:  # segments this step did not pull are deleted where they are stored
+            stored = copy.storage.files(copy.stored(store.root))
+            expired = set(store.expired(f.path.rsplit("/", 1)[-1] for f in stored))
+            copy.storage.delete([f.path for f in stored if f.path.rsplit("/", 1)[-1] in expired])
 
     def send_once(self, context: Context, copy: WorkingCopy) -> SendOnce | None:
         """What a build of this run holds back: requests answered already, or repeated (None: send every row)."""
         store = self.reuse_store(copy)
         if store is None or context.run.tags.get(REUSE_RUN_TAG, "").strip().lower() in _OFF:
             return None
-        return SendOnce(store.known())
+        return SendOnce(self.known_answers(copy, store))
 
     def since(self, instance: dg.DagsterInstance, partition: str | None) -> float | None:
         """How far back the partition's batches can reach at the provider."""

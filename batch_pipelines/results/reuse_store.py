@@ -1,12 +1,16 @@
 """Answers already bought, by request fingerprint, for every run worker that sees the same folder.
 
-Each results run that received answers adds one segment: an Arrow IPC file of its succeeded rows'
-fingerprints and answer columns (read memory-mapped: a rerun of a million rows takes nearly all of
-them), written under a temporary name and renamed into place, so a
-reader never sees half a segment and writers never contend (no lock: two workers write two
-segments). A segment's name starts with its creation time in milliseconds; segments older than
-the retention are ignored and deleted, so the store does not grow without bound. Where a
-fingerprint is in several segments the newest answer wins.
+Each results run that received answers adds one segment: two Arrow IPC files, read memory-mapped.
+``<name>.arrow`` holds its succeeded rows' fingerprints and answer columns, in row order (a rerun
+of a million rows takes nearly all of them); ``<name>.keys.arrow`` the two integer halves of each
+fingerprint, sorted, with each one's row: all a lookup reads (16 bytes a row, a fraction of the
+answers), so a worker on object storage fetches the keys of every segment and the answers only of
+the segments that hold an answer asked for. Each file is written under a temporary name and
+renamed into place, the answers first: a reader that finds a segment's keys finds its answers,
+and writers never contend (no lock: two workers write two segments). A segment's name starts
+with its creation time in milliseconds; segments older than the retention are ignored and
+deleted, so the store does not grow without bound. Where a fingerprint is in several segments
+the newest answer wins.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +34,23 @@ __all__ = ["DEFAULT_RETENTION_DAYS", "KnownAnswers", "ReuseStore"]
 #: keep a batch's output files (OpenAI 30 days, Anthropic 29).
 DEFAULT_RETENTION_DAYS = 30.0
 _SUFFIX = ".arrow"
+_KEYS_SUFFIX = ".keys.arrow"
 # The two halves of each fingerprint as integers (see fingerprint_keys): a lookup reads only these.
 _HIGH, _LOW = "fingerprint_high", "fingerprint_low"
 _DAY = 86_400
 #: A position is segment * _SEGMENT_ROWS + row: no segment holds 2**40 rows.
 _SEGMENT_ROWS = 1 << 40
-#: The first halves in ascending order and the row of each: what a lookup binary-searches.
-_SORTED_HIGH, _SORTED_ROW = "fingerprint_high_sorted", "fingerprint_high_row"
-#: The lookup's columns: not answers.
-_KEYS = frozenset({_HIGH, _LOW, _SORTED_HIGH, _SORTED_ROW})
+#: The first halves in ascending order, the row of each, and its second half: what a lookup binary-searches.
+_SORTED_HIGH, _SORTED_ROW, _SORTED_LOW = "fingerprint_high_sorted", "fingerprint_high_row", "fingerprint_low_sorted"
+#: The lookup's columns (in the answers file of a segment an older version wrote): not answers.
+_KEYS = frozenset({_HIGH, _LOW, _SORTED_HIGH, _SORTED_ROW, _SORTED_LOW})
+
+
+@dataclass(frozen=True)
+class _Segment:
+    answers: Path
+    #: None: a segment an older version wrote, its keys beside its answers in one file.
+    keys: Path | None
 
 
 class KnownAnswers:
@@ -45,15 +58,16 @@ class KnownAnswers:
 
     Fingerprints are looked up as integer pairs (:func:`~batch_pipelines.requests.fingerprint_keys`)
     in each segment, newest first (the first found is the newest answer), each match confirmed on
-    the second half. A segment keeps its first halves sorted (with their rows) beside its answers,
-    so a lookup is a binary search in its memory-mapped columns (a segment written without them,
-    by an older version, is scanned). Nothing of the store is held between lookups: memory goes
-    with the fingerprints asked, not with the store, which grows with every partition answered
-    within the retention.
+    the second half: a binary search in the segment's memory-mapped keys (a segment an older
+    version wrote keeps them in its answers file, or unsorted there: scanned). Nothing of the
+    store is held between lookups: memory goes with the fingerprints asked, not with the store,
+    which grows with every partition answered within the retention. ``fetch`` makes a segment's
+    answers file local before it is read (a working copy of object storage).
     """
 
-    def __init__(self, segments: Sequence[Path]) -> None:
+    def __init__(self, segments: Sequence[_Segment], fetch: Callable[[Path], Path] | None = None) -> None:
         self._segments = list(segments)  # newest first
+        self._fetch = fetch
 
     def __call__(self, fingerprints: pa.Array) -> np.ndarray:
         """For each fingerprint, whether the store holds an answer to it (an ``AnswerLookup``)."""
@@ -71,8 +85,8 @@ class KnownAnswers:
         wanted, inverse = np.unique(high, return_inverse=True)
         first = np.full(len(wanted), -1, dtype=np.int64)
         first_low = np.zeros(len(wanted), dtype=np.uint64)
-        for number, path in enumerate(self._segments):
-            keys = _read(path)
+        for number, segment in enumerate(self._segments):
+            keys = _read(segment.keys or segment.answers)
             if keys is None or not keys.num_rows:
                 continue
             missing = np.flatnonzero(first < 0)
@@ -82,13 +96,20 @@ class KnownAnswers:
                 hit = at_sorted < len(column)
                 hit[hit] = column[at_sorted[hit]] == wanted[missing[hit]]
                 targets, rows = missing[hit], keys.column(_SORTED_ROW).to_numpy()[at_sorted[hit]]
-            else:  # written before segments kept their sorted halves: scanned
+                if _SORTED_LOW in keys.column_names:
+                    lows = keys.column(_SORTED_LOW).to_numpy()[at_sorted[hit]]
+                else:
+                    lows = keys.column(_LOW).to_numpy()[rows]
+            elif _HIGH in keys.column_names:  # written before segments kept their sorted halves: scanned
                 at_row = pd.Index(wanted[missing]).get_indexer(keys.column(_HIGH).to_numpy())
                 rows = np.flatnonzero(at_row >= 0)
                 found, pick = np.unique(at_row[rows], return_index=True)
                 targets, rows = missing[found], rows[pick]
+                lows = keys.column(_LOW).to_numpy()[rows]
+            else:  # answers whose keys are not renamed into place yet: not a segment yet
+                continue
             first[targets] = number * _SEGMENT_ROWS + rows
-            first_low[targets] = keys.column(_LOW).to_numpy()[rows]
+            first_low[targets] = lows
             del keys  # unmapped before the next segment is mapped
             if len(targets) == len(missing):
                 break
@@ -108,9 +129,10 @@ class KnownAnswers:
         found = np.zeros(len(positions), dtype=bool)
         segment, row = np.divmod(positions, _SEGMENT_ROWS)
         pieces, where = [], []
-        for number in np.unique(segment).tolist():
+        for number in np.unique(segment[positions >= 0]).tolist():
             mine = np.flatnonzero(segment == number)
-            table = _read(self._segments[number])
+            path = self._segments[number].answers
+            table = _read(self._fetch(path) if self._fetch is not None else path)
             if table is not None:
                 wanted = table.column_names if columns is None else columns
                 table = table.select([c for c in wanted if c in table.column_names and c not in _KEYS])
@@ -132,12 +154,13 @@ class ReuseStore:
         self.root = Path(root)
         self.retention_days = retention_days
 
-    def known(self) -> KnownAnswers:
-        """What the store holds now (expired segments left out)."""
-        return KnownAnswers(self._live())
+    def known(self, fetch: Callable[[Path], Path] | None = None) -> KnownAnswers:
+        """What the store holds now (expired segments left out); ``fetch``: see :class:`KnownAnswers`."""
+        cutoff = self._cutoff()
+        return KnownAnswers([segment for segment, born in self._segments() if born >= cutoff], fetch)
 
     def record(self, answers: pd.DataFrame) -> Path | None:
-        """Add ``answers`` (a ``FINGERPRINT_COLUMN`` and answer columns) as one segment; None if empty."""
+        """Add ``answers`` (a ``FINGERPRINT_COLUMN`` and answer columns) as one segment; its answers file, None if empty."""
         if FINGERPRINT_COLUMN not in answers.columns:
             raise ValueError(f"answers need a {FINGERPRINT_COLUMN!r} column")
         self.prune()
@@ -146,25 +169,41 @@ class ReuseStore:
         table = _storable(pa.Table.from_pandas(answers, preserve_index=False))
         high, low = fingerprint_keys(table.column(FINGERPRINT_COLUMN))
         order = np.argsort(high, kind="stable")
-        table = table.append_column(_HIGH, pa.array(high)).append_column(_LOW, pa.array(low))
-        # The first halves sorted, with each one's row: a lookup is a binary search (answers stay in row order).
-        table = table.append_column(_SORTED_HIGH, pa.array(high[order])).append_column(_SORTED_ROW, pa.array(order.astype(np.int64)))
+        keys = pa.table({_SORTED_HIGH: high[order], _SORTED_ROW: order.astype(np.int64), _SORTED_LOW: low[order]})
         self.root.mkdir(parents=True, exist_ok=True)
-        name = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex}{_SUFFIX}"
-        tmp = self.root / f".{name}.tmp"
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp, self.root / name)
-        return self.root / name
+        name = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex}"
+        path = _write(self.root, name + _SUFFIX, table)
+        _write(self.root, name + _KEYS_SUFFIX, keys)  # last: the segment is there for lookups once its answers are
+        return path
+
+    def lookup_files(self, names: Iterable[str]) -> set[str]:
+        """Of the file names in the store's folder, what a lookup reads: each segment's keys (that of an
+        older version: its one file). The answers files are read only for the answers asked."""
+        names = set(names)
+        wanted = set()
+        for name in names:
+            if name.endswith(_KEYS_SUFFIX):
+                if name.removesuffix(_KEYS_SUFFIX) + _SUFFIX in names:
+                    wanted.add(name)
+            elif name.endswith(_SUFFIX) and name.removesuffix(_SUFFIX) + _KEYS_SUFFIX not in names:
+                wanted.add(name)
+        return wanted
+
+    def expired(self, names: Iterable[str]) -> list[str]:
+        """Of the file names in the store's folder, those of segments older than the retention (keys first)."""
+        cutoff = self._cutoff()
+        old = [name for name in names if name.endswith(_SUFFIX) and (born := _born(name)) is not None and born < cutoff]
+        return sorted(old, key=lambda name: not name.endswith(_KEYS_SUFFIX))
 
     def prune(self) -> int:
-        """Delete the segments older than the retention (and stray temporary files); how many went."""
+        """Delete the segments older than the retention (and stray temporary files); how many files went."""
+        if not self.root.exists():
+            return 0
         gone = 0
-        for path, born in self._segments():
-            if born < self._cutoff():
-                path.unlink(missing_ok=True)
-                gone += 1
-        for stray in self.root.glob(".*.tmp") if self.root.exists() else ():
+        for name in self.expired(p.name for p in self.root.iterdir()):
+            (self.root / name).unlink(missing_ok=True)
+            gone += 1
+        for stray in self.root.glob(".*.tmp"):
             if stray.stat().st_mtime < time.time() - _DAY:  # a writer that died mid-segment
                 stray.unlink(missing_ok=True)
         return gone
@@ -172,20 +211,39 @@ class ReuseStore:
     def _cutoff(self) -> float:
         return time.time() - self.retention_days * _DAY
 
-    def _segments(self) -> list[tuple[Path, float]]:
-        """Every segment with its creation time (epoch seconds), newest first."""
+    def _segments(self) -> list[tuple[_Segment, float]]:
+        """Every segment with its creation time (epoch seconds), newest first.
+
+        A segment whose keys are here and its answers not is one whose answers are fetched when read.
+        """
         if not self.root.exists():
             return []
+        names = {p.name for p in self.root.iterdir()}
         found = []
-        for path in self.root.glob(f"*{_SUFFIX}"):
-            stamp = path.name.split("-", 1)[0]
-            if stamp.isdigit():
-                found.append((path, int(stamp) / 1000))
-        return sorted(found, key=lambda item: item[0].name, reverse=True)
+        for name in names:
+            born = _born(name)
+            if born is None:
+                continue
+            if name.endswith(_KEYS_SUFFIX):
+                found.append((_Segment(self.root / (name.removesuffix(_KEYS_SUFFIX) + _SUFFIX), self.root / name), born))
+            elif name.endswith(_SUFFIX) and name.removesuffix(_SUFFIX) + _KEYS_SUFFIX not in names:
+                found.append((_Segment(self.root / name, None), born))
+        return sorted(found, key=lambda item: item[0].answers.name, reverse=True)
 
-    def _live(self) -> list[Path]:
-        cutoff = self._cutoff()
-        return [path for path, born in self._segments() if born >= cutoff]
+
+def _born(name: str) -> float | None:
+    """A segment file's creation time from its name (epoch seconds); None: not a segment's."""
+    stamp = name.split("-", 1)[0]
+    return int(stamp) / 1000 if stamp.isdigit() and not name.startswith(".") else None
+
+
+def _write(root: Path, name: str, table: pa.Table) -> Path:
+    """``table`` as the IPC file ``root/name``, written under a temporary name and renamed into place."""
+    tmp = root / f".{name}.tmp"
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, root / name)
+    return root / name
 
 
 def _storable(table: pa.Table) -> pa.Table:
@@ -197,7 +255,7 @@ def _storable(table: pa.Table) -> pa.Table:
 
 
 def _read(path: Path, columns: list[str] | None = None) -> pa.Table | None:
-    """A segment's table, memory-mapped; None if it is gone (deleted by another worker's retention since listed)."""
+    """A segment file's table, memory-mapped; None if it is gone (deleted by another worker's retention since listed)."""
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
     except FileNotFoundError:

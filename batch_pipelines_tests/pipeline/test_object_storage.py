@@ -3,6 +3,7 @@ local disk, and run workers that share only the instance and the bucket."""
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,39 @@ def test_two_run_workers_sharing_only_the_instance_and_the_bucket_submit_once(on
     assert any(k.startswith(f"{h.pipeline.name}/_reuse/") for k in keys)
     cleanup = h.latest_metadata(h.pipeline.results_asset, DAY)["storage_cleanup"]
     assert cleanup == {"files_deleted": 0, "bytes_deleted": 0, "partitions": 0}  # nothing is old yet
+
+
+def test_the_reuse_store_in_the_bucket_answers_a_rerun_and_sheds_expired_segments(s3_bucket, service, instance, tmp_path):
+    """A results step records its answers without fetching the store; a rerun's build fetches each
+    segment's keys, its results step the answers it reuses; expired segments go from the bucket."""
+    from batch_pipelines.storage import Storage
+
+    changed = {"now": False}
+
+    def correct_row_2(frame):
+        return frame.assign(text=frame["text"].where(frame.index != 2, frame["text"] + " (corrected)")) if changed["now"] else frame
+
+    texts = make_texts(6, correct_row_2)
+    h = Harness(instance, build(source=texts), texts, make_resource(service.base_url, s3_bucket.url, storage_options=s3_bucket.options))
+    bucket = Storage(s3_bucket.url, s3_bucket.options)
+    reuse = f"{h.pipeline.name}/_reuse"
+    month_ago = f"{int(time.time() * 1000) - 40 * 86_400_000:013d}-{'0' * 32}"
+    for name in (f"{month_ago}.arrow", f"{month_ago}.keys.arrow"):  # past reuse_retention_days (30)
+        bucket.write_bytes(f"{reuse}/{name}", b"an expired segment")
+    h.submit([DAY])
+    h.drive([DAY])
+
+    names = sorted(k.rsplit("/", 1)[-1] for k in s3_bucket.keys() if k.startswith(f"{reuse}/"))
+    assert not [n for n in names if n.startswith(month_ago)]
+    [answers, keys] = names  # the results run's segment: its answers and its keys
+    assert keys == answers.removesuffix(".arrow") + ".keys.arrow"
+
+    changed["now"] = True
+    h.submit([DAY])
+    assert h.latest_metadata(h.pipeline.requests_asset, DAY)["rows_reused"] == 5  # all but the corrected row
+    h.next_round(DAY)
+    frame = h.results(DAY)
+    assert len(frame) == 6 and set(frame["outcome"]) == {"succeeded"}
+    assert frame["reused"].tolist() == [True, True, False, True, True, True]
+    assert frame.loc[2, "text"].endswith("(corrected)")
+    _no_local_storage(tmp_path, instance)

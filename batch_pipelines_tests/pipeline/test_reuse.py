@@ -13,7 +13,6 @@ import pandas as pd
 from batch_pipelines.pipeline import REUSE_RUN_TAG
 from batch_pipelines_tests.support.child_runs import start_child
 from batch_pipelines_tests.support.service import LocalService, sent_fingerprints, sent_per_custom_id, service_batches
-from batch_pipelines_tests.support.waiting import wait_until
 
 DAY, NEXT_DAY = "2024-01-01", "2024-01-02"
 
@@ -39,25 +38,6 @@ def _answers_belong_to_their_content(frame: pd.DataFrame, service: LocalService)
         assert row.request_fingerprint in asked[str(row.batch_id)], f"{row.custom_id}: {row.batch_id} answered other content"
 
 
-def _next_round(h: Any, partition: str) -> None:
-    """Tick and launch until the partition's results are materialized again."""
-    key = h.pipeline.results_asset.key
-
-    def latest() -> int:
-        records = h.instance.fetch_materializations(dg.AssetRecordsFilter(key, asset_partitions=[partition]), limit=1).records
-        return records[0].storage_id if records else 0
-
-    before = latest()
-
-    def done() -> bool:
-        if latest() > before:
-            return True
-        h.tick(launch=True)
-        return False
-
-    wait_until(done)
-
-
 def test_half_the_rows_changed_sends_exactly_those(harness, service):
     state: dict[str, Any] = {"rows": []}
     h = harness(rows=8, edit=_edited(state))
@@ -74,7 +54,7 @@ def test_half_the_rows_changed_sends_exactly_those(harness, service):
     changed = {f"{DAY}-{i:03d}" for i in state["rows"]}
     sent = sent_per_custom_id(service)
     assert {cid for cid, n in sent.items() if n == 2} == changed  # each changed row once more, nothing else
-    _next_round(h, DAY)
+    h.next_round(DAY)
     frame = h.results(DAY)
     assert set(frame["outcome"]) == {"succeeded"}
     assert set(frame.loc[frame["reused"], "custom_id"]) == {f"{DAY}-{i:03d}" for i in (1, 3, 5, 7)}

@@ -199,6 +199,24 @@ class Harness:
 
         wait_until(done)
 
+    def next_round(self, partition: str) -> None:
+        """Tick and launch requested runs until the partition's results are materialized again."""
+        key = self.pipeline.results_asset.key
+
+        def latest() -> int:
+            records = self.instance.fetch_materializations(dg.AssetRecordsFilter(key, asset_partitions=[partition]), limit=1).records
+            return records[0].storage_id if records else 0
+
+        before = latest()
+
+        def done() -> bool:
+            if latest() > before:
+                return True
+            self.tick(launch=True)
+            return False
+
+        wait_until(done)
+
     def tracked(self) -> list[Group]:
         """The groups the sensor still polls or holds back, as the instance stores them (not those handed off)."""
         groups = SensorState.load(self.instance, self.pipeline.batch_asset.key).groups.values()
