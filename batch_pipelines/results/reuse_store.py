@@ -3,7 +3,7 @@
 Each results run that received answers adds one segment: two Arrow IPC files, read memory-mapped.
 ``<name>.arrow`` holds its succeeded rows' fingerprints and answer columns, in row order (a rerun
 of a million rows takes nearly all of them); ``<name>.keys.arrow`` the two integer halves of each
-fingerprint, sorted, with each one's row: all a lookup reads (16 bytes a row, a fraction of the
+fingerprint, sorted, with each one's row: all a lookup reads (24 bytes a row, a fraction of the
 answers), so a worker on object storage fetches the keys of every segment and the answers only of
 the segments that hold an answer asked for. Each file is written under a temporary name and
 renamed into place, the answers first: a reader that finds a segment's keys finds its answers,

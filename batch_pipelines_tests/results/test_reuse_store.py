@@ -135,7 +135,7 @@ def test_a_lookup_reads_only_the_keys_and_fetches_the_answers_of_the_segments_it
     assert first is not None and second is not None
     names = {p.name for p in stored.iterdir()}
     wanted = store.lookup_files(names)
-    assert wanted == {first.stem + ".keys.arrow", second.stem + ".keys.arrow"}  # 16 bytes a row, not the answers
+    assert wanted == {first.stem + ".keys.arrow", second.stem + ".keys.arrow"}  # 24 bytes a row, not the answers
     local.mkdir()
     for name in wanted:
         shutil.copy(stored / name, local / name)
