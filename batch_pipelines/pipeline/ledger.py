@@ -15,7 +15,7 @@ still opens a round.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +41,7 @@ __all__ = [
     "is_submission",
     "load_round",
     "joined_batches",
+    "latest_metadata",
     "results_cover",
     "round_finished",
     "metadata_int",
@@ -190,23 +191,43 @@ def load_round(
     return Round(partition, round_id, tuple(batches), cancelled)
 
 
-def round_finished(instance: dg.DagsterInstance, batch_key: dg.AssetKey, partition: str | None, round_id: int) -> bool:
-    """Whether ``<name>_batch`` was materialized for the round already (its batches ended)."""
-    latest = _latest_metadata(instance, batch_key, partition)
-    return latest is not None and metadata_int(latest.get(ROUND_KEY)) == round_id
+def latest_metadata(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partitions: Collection[str | None], *, page_size: int = PAGE
+) -> dict[str | None, Mapping[str, Any]]:
+    """Each partition's latest materialization of ``key``, its metadata (one never materialized: absent).
+
+    A page of records at a time over all the partitions asked, not a query each: a tick that hands
+    off a hundred partitions reads a few pages.
+    """
+    found: dict[str | None, Mapping[str, Any]] = {}
+    if None in partitions:  # an unpartitioned asset
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(key), limit=1).records
+        if records:
+            found[None] = records[0].asset_materialization.metadata  # type: ignore[union-attr]
+    wanted = {p for p in partitions if p is not None}
+    before = None
+    while wanted:
+        page = instance.fetch_materializations(
+            dg.AssetRecordsFilter(key, asset_partitions=sorted(wanted), before_storage_id=before), limit=page_size
+        ).records
+        for record in page:
+            if record.partition_key in wanted:
+                found[record.partition_key] = record.asset_materialization.metadata  # type: ignore[union-attr]
+                wanted.discard(record.partition_key)
+        if len(page) < page_size:
+            break
+        before = page[-1].storage_id
+    return found
 
 
-def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None) -> Mapping[str, Any] | None:
-    """The metadata of the partition's latest materialization of ``key``, None if never materialized."""
-    latest = instance.fetch_materializations(
-        dg.AssetRecordsFilter(key, asset_partitions=[partition] if partition is not None else None), limit=1
-    ).records
-    return latest[0].asset_materialization.metadata if latest else None  # type: ignore[union-attr]
+def round_finished(latest_batch: Mapping[str, Any] | None, round_id: int) -> bool:
+    """Whether ``<name>_batch``'s latest materialization (``latest_batch``) is the round's: its batches ended."""
+    return latest_batch is not None and metadata_int(latest_batch.get(ROUND_KEY)) == round_id
 
 
 def joined_batches(instance: dg.DagsterInstance, results_key: dg.AssetKey, partition: str | None) -> set[str]:
     """The batches the partition's latest results were joined from (their answers recorded then)."""
-    joined = _latest_metadata(instance, results_key, partition)
+    joined = latest_metadata(instance, results_key, [partition]).get(partition)
     return _joined_from(joined) if joined is not None else set()
 
 
@@ -214,17 +235,9 @@ def _joined_from(results: Mapping[str, Any]) -> set[str]:
     return set(getattr(results.get(RESULTS_BATCH_IDS_KEY), "value", None) or ())
 
 
-def results_cover(
-    instance: dg.DagsterInstance,
-    requests_key: dg.AssetKey,
-    results_key: dg.AssetKey,
-    partition: str | None,
-    batch_ids: Iterable[str],
-) -> bool:
-    """Whether the partition's latest results are already what joining ``batch_ids`` would give:
-    joined from all of them, and from the source the latest request files were built from."""
-    joined = _latest_metadata(instance, results_key, partition)
-    built = _latest_metadata(instance, requests_key, partition) if joined is not None else None
+def results_cover(joined: Mapping[str, Any] | None, built: Mapping[str, Any] | None, batch_ids: Iterable[str]) -> bool:
+    """Whether a partition's latest results (``joined``) are already what joining ``batch_ids`` would
+    give: joined from all of them, and from the source its latest request files (``built``) were built from."""
     if joined is None or built is None:
         return False
     digest = metadata_text(joined.get(SOURCE_DIGEST_KEY))

@@ -2,7 +2,8 @@
 
 Batches take hours, so no run waits for them. The sensor reads the rounds the ledger records
 (:mod:`batch_pipelines.pipeline.ledger`) from the storage ids kept in its cursor, so a tick costs
-two bounded event-log queries however many partitions are in flight. It tracks the batches of
+two bounded event-log queries however many partitions are in flight (and one that hands off
+finished partitions three pages more, however many). It tracks the batches of
 each round's latest attempt in the instance's key-value store, not in its cursor
 (:mod:`batch_pipelines.pipeline.sensor_state`: the cursor stays under a hundred bytes), polls
 the due ones concurrently within a time budget (least recently polled first, the rest carried to
@@ -30,6 +31,7 @@ from batch_pipelines.pipeline.ledger import (
     PAGE,
     ROUND_KEY,
     is_submission,
+    latest_metadata,
     metadata_int,
     metadata_text,
     read_batches,
@@ -139,6 +141,16 @@ def build_batch_sensor(
             # wait for those (in flight).
             groups = list(state.groups.values())
             waiting |= waiting_to_gather(context.instance, groups, now=now, seconds=gather_seconds)
+
+        def hands_off(group: Group) -> bool:  # done, not gathering, not held back
+            held = max((b.hold_until for b in group.batches), default=0.0) > now
+            return group.done and group.partition not in waiting and not held
+
+        # What the ledger holds for the partitions handed off: a few pages, not queries per partition.
+        leaving = [g.partition for g in groups if hands_off(g)]
+        finished = latest_metadata(context.instance, batch_key, leaving) if leaving else {}
+        joined = latest_metadata(context.instance, results_key, leaving) if leaving else {}
+        built = latest_metadata(context.instance, requests_key, list(joined)) if joined else {}
         for group in groups:
             states = [b.state() for b in group.batches]
             mine = {b.id: links[b.id] for b in group.batches if b.id in links}
@@ -149,16 +161,16 @@ def build_batch_sensor(
                     )
                 )
                 group.pending = token
-            if not group.done or group.partition in waiting or max((b.hold_until for b in group.batches), default=0.0) > now:
+            if not hands_off(group):
                 continue
-            if not round_finished(context.instance, batch_key, group.partition, group.round):
+            if not round_finished(finished.get(group.partition), group.round):
                 events.append(
                     dg.AssetMaterialization(
                         asset_key=batch_key, partition=group.partition, metadata=finished_metadata(states, round_id=group.round, links=mine)
                     )
                 )
             ids = [b.id for b in group.batches]
-            if results_cover(context.instance, requests_key, results_key, group.partition, ids):
+            if results_cover(joined.get(group.partition), built.get(group.partition), ids):
                 context.log.info(f"{partition_tag(group.partition)}: results already joined from batches {ids}; no results run")
             else:
                 ready.append(group)
