@@ -49,10 +49,13 @@ def build_requests(rt: PipelineRuntime, context: dg.AssetExecutionContext) -> dg
     partitions = run_partitions(context)
     if len(partitions) > 1:
         _check_partitions(rt, context, partitions)
-    for partition in partitions:
-        metadata = _build_partition(rt, context, partition, load_source(context, rt.source_key, partition))
-        context.add_asset_metadata(metadata, **({"partition_key": partition} if partition is not None else {}))
+    # One copy of the reuse store's keys for the run's partitions: each lookup fetches only what is new since.
+    with rt.files(context, rt.resource(context)) as lookups:
+        for partition in partitions:
+            metadata = _build_partition(rt, context, partition, load_source(context, rt.source_key, partition), lookups)
+            context.add_asset_metadata(metadata, **({"partition_key": partition} if partition is not None else {}))
     return dg.MaterializeResult()
+
 
 def _check_partitions(rt: PipelineRuntime, context: dg.AssetExecutionContext, partitions: Sequence[str | None]) -> None:
     """Refuse the run if any partition's rows cannot become requests (checked, nothing written)."""
@@ -82,12 +85,15 @@ def _check_partitions(rt: PipelineRuntime, context: dg.AssetExecutionContext, pa
             allow_retries=False,
         )
 
-def _build_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, partition: str | None, source: pd.DataFrame) -> dict[str, Any]:
-    """One partition's request files; the metadata of its materialization."""
+
+def _build_partition(
+    rt: PipelineRuntime, context: dg.AssetExecutionContext, partition: str | None, source: pd.DataFrame, lookups: WorkingCopy
+) -> dict[str, Any]:
+    """One partition's request files (the reuse store read through ``lookups``); the metadata of its materialization."""
     resource = rt.resource(context)
     with rt.files(context, resource) as copy:
         folder = rt.folder(copy, partition)
-        send_once = rt.send_once(context, copy)
+        send_once = rt.send_once(context, lookups)
         current = load_round(context.instance, rt.batch_key, rt.results_key, partition) if rt.options.cancel_superseded else None
         # The id maps the round's batches were sent with: the rebuild overwrites the first attempt's.
         sent_with = sent_id_maps(rt, copy, folder, current) if current is not None and send_once is not None else {}
@@ -96,7 +102,7 @@ def _build_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, par
         cancelled, kept = cancel_superseded_round(rt, context, copy, folder, current, fingerprints, sent_with) if current is not None else ([], set())
         if kept and kept & set(manifest.read_ids()[FINGERPRINT_COLUMN].dropna()):
             # What the cancelled batches finished is in the reuse store now: those rows are not sent again.
-            manifest = _write_requests(rt, context, source, resource, copy, folder, partition, rt.send_once(context, copy))
+            manifest = _write_requests(rt, context, source, resource, copy, folder, partition, rt.send_once(context, lookups))
             fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
         metadata: dict[str, Any] = {
             "rows": manifest.rows,
@@ -120,6 +126,7 @@ def _build_partition(rt: PipelineRuntime, context: dg.AssetExecutionContext, par
         if kept:
             metadata["answers_kept_from_superseded"] = len(kept)
         return metadata
+
 
 def _write_requests(
     rt: PipelineRuntime,
