@@ -101,7 +101,7 @@ def _build_partition(
         fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
         cancelled, kept = cancel_superseded_round(rt, context, copy, folder, current, fingerprints, sent_with) if current is not None else ([], set())
         if kept and kept & set(manifest.read_ids()[FINGERPRINT_COLUMN].dropna()):
-            # What the cancelled batches finished is in the reuse store now: those rows are not sent again.
+            # What the superseded batches answered is in the reuse store now: those rows are not sent again.
             manifest = _write_requests(rt, context, source, resource, copy, folder, partition, rt.send_once(context, lookups))
             fingerprints = [s.fingerprint(resource.provider, manifest.endpoint) for s in manifest.shards]
         metadata: dict[str, Any] = {

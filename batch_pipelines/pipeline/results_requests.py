@@ -26,7 +26,6 @@ from batch_pipelines.submission import partition_tag
 __all__ = ["results_run_requests", "shares_runs", "waiting_to_gather"]
 
 
-
 def shares_runs(partitions_def: dg.PartitionsDefinition | None, most: int) -> bool:
     """Whether partitions done together may share a results run.
 

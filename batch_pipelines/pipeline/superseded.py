@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import dagster as dg
+import pandas as pd
 
 from batch_pipelines.pipeline.blocking import wait_ended
 from batch_pipelines.pipeline.ledger import Round, joined_batches
@@ -89,7 +90,7 @@ def _keep_answers(
         context.log, provider, [b.batch_id for b in wanted], max_workers=resource.max_concurrent_polls,
         delay=resource.poll_delay, seconds=options.superseded_wait_seconds,
     )  # fmt: skip
-    kept: set[str] = set()
+    answered: list[pd.DataFrame] = []
     for record in wanted:
         batch = ended.get(record.batch_id)
         if batch is None:
@@ -100,10 +101,13 @@ def _keep_answers(
         except (ProviderError, OSError) as exc:  # its files expired or gone: nothing to keep, not fatal
             context.log.warning(f"could not download what superseded batch {record.batch_id} answered ({exc}): its rows go again")
             continue
-        answers = superseded_answers(sent_with[record.attempt], record.shard, files, output_model=runtime.spec.output_model)
-        runtime.record_answers(copy, store, answers)
-        kept.update(answers[FINGERPRINT_COLUMN])
+        answered.append(superseded_answers(sent_with[record.attempt], record.shard, files, output_model=runtime.spec.output_model))
     copy.push(folder.downloads)
-    if kept:
-        context.log.info(f"kept {len(kept)} answers the superseded batches {[b.batch_id for b in wanted]} had finished: those requests are not sent again")
+    answers = pd.concat(answered, ignore_index=True) if answered else None
+    if answers is None or not len(answers):
+        return set()
+    # One segment for them all; a request a later attempt answered again keeps that answer.
+    runtime.record_answers(copy, store, answers.drop_duplicates(FINGERPRINT_COLUMN, keep="last"))
+    kept = set(answers[FINGERPRINT_COLUMN])
+    context.log.info(f"kept {len(kept)} answers the superseded batches {[b.batch_id for b in wanted]} had finished: those requests are not sent again")
     return kept
